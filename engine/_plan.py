@@ -1,0 +1,284 @@
+"""Compilation of segment ASTs into the flat arrays the evaluation kernels run
+(see engine/kernels/_eval.py for the layout). The whole plan is rebuilt whenever the set of
+segments changes: compiling is cheap, and one plan keeps one kernel call per operation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from . import _values as V
+from .errors import ExpressionError
+from .expr import ast as A
+from .kernels import _eval as K
+
+_AGG_KIND = {"count": K.L_COUNT, "sum": K.L_SUM, "avg": K.L_AVG, "min": K.L_MIN, "max": K.L_MAX,
+             "distinct": K.L_DISTINCT, "top_count": K.L_TOP, "active_days": K.L_DAYS,
+             "affinity": K.L_AFF}
+_CMP = {"==": K.OP_EQ, "!=": K.OP_NE, "<": K.OP_LT, "<=": K.OP_LE, ">": K.OP_GT, ">=": K.OP_GE}
+_ARITH = {"+": K.OP_ADD, "-": K.OP_SUB, "*": K.OP_MUL, "/": K.OP_DIV}
+
+
+class ShardSchema:
+    """What the compiler needs from a shard: ids for event types, arena columns for
+    properties, trait columns and string codes (creating them when first named)."""
+
+    def type_id(self, name: str) -> int: ...
+    def column(self, type_id: int, prop: str) -> int: ...
+    def trait_col(self, name: str) -> int: ...
+    def string_code(self, s: str) -> int: ...
+
+
+@dataclass
+class Plan:
+    names: list[str]            # plan index -> segment name (dependencies first)
+    seg_tab: np.ndarray         # [nseg, 10] int64, see kernels._eval._run
+    dep_list: np.ndarray
+    prog: np.ndarray
+    consts: np.ndarray
+    leaves: np.ndarray
+    steps: np.ndarray
+    fprog: np.ndarray
+
+    @staticmethod
+    def empty() -> "Plan":
+        z4 = np.zeros((0, 4), np.int64)
+        return Plan([], np.zeros((0, 10), np.int64), np.zeros(0, np.int64), z4, np.zeros(0),
+                    np.zeros((0, 8), np.int64), np.zeros((0, 3), np.int64), z4)
+
+    def index(self, name: str) -> int:
+        return self.names.index(name)
+
+
+class _Compiler:
+    def __init__(self, schema: ShardSchema):
+        self.schema = schema
+        self.prog: list[tuple[int, int, int, int]] = []
+        self.fprog: list[tuple[int, int, int, int]] = []
+        self.consts: list[float] = []
+        self.leaves: list[tuple[int, ...]] = []
+        self.steps: list[tuple[int, int, int]] = []
+        self.const_index: dict[int, int] = {}
+
+    # -- constants ------------------------------------------------------------------------
+    def box(self, value) -> float:
+        if value is None:
+            return V.NULL
+        if isinstance(value, bool):
+            return V.box_bool(value)
+        if isinstance(value, str):
+            return V.box_string_code(self.schema.string_code(value))
+        return float(value) + 0.0
+
+    def const(self, value) -> int:
+        b = self.box(value)
+        key = int(np.array([b]).view(np.int64)[0])
+        if key not in self.const_index:
+            self.const_index[key] = len(self.consts)
+            self.consts.append(b)
+        return self.const_index[key]
+
+    def const_run(self, values) -> int:
+        """Consecutive constants (for ``in`` lists and ``near``); returns the first index."""
+        off = len(self.consts)
+        self.consts.extend(self.box(v) for v in values)
+        return off
+
+    # -- one segment ----------------------------------------------------------------------
+    def segment(self, tree, slot_of: Callable[[str], int]):
+        self.slot_of = slot_of
+        self.seg_leaves: list[int] = []
+        self.evmask = 0
+        self.trmask = 0
+        self.timedep = False
+        self.deps: set[str] = set()
+        poff = len(self.prog)
+        loff = len(self.leaves)
+        self.depth = 0
+        self.max_depth = 0
+        self.expr(tree)
+        if self.max_depth > K.MAX_STACK:
+            line, col = getattr(tree, "line", 1), getattr(tree, "col", 1)
+            raise ExpressionError(line, col, f"expression too deeply nested (needs a stack of "
+                                  f"{self.max_depth}, at most {K.MAX_STACK})")
+        return poff, len(self.prog) - poff, loff, len(self.leaves) - loff
+
+    def emit(self, op, a1=0, a2=0, a3=0, push=0):
+        self.prog.append((op, a1, a2, a3))
+        self.depth += push
+        self.max_depth = max(self.max_depth, self.depth)
+
+    def expr(self, n):
+        if isinstance(n, A.Literal):
+            self.emit(K.OP_CONST, self.const(n.value), push=1)
+        elif isinstance(n, A.Neg) and isinstance(n.operand, A.Literal) and n.operand.kind == "number":
+            self.emit(K.OP_CONST, self.const(-n.operand.value), push=1)
+        elif isinstance(n, A.TraitRef):
+            self.emit(K.OP_TRAIT, self.trait(n.name), push=1)
+        elif isinstance(n, A.Neg):
+            self.expr(n.operand)
+            self.emit(K.OP_NEG)
+        elif isinstance(n, A.Not):
+            self.expr(n.operand)
+            self.emit(K.OP_NOT)
+        elif isinstance(n, A.Arith):
+            self.expr(n.left)
+            self.expr(n.right)
+            self.emit(_ARITH[n.op], push=-1)
+        elif isinstance(n, A.Compare):
+            self.expr(n.left)
+            self.expr(n.right)
+            self.emit(_CMP[n.op], push=-1)
+        elif isinstance(n, A.In):
+            self.expr(n.operand)
+            off = self.const_run([it.value for it in n.items])
+            self.emit(K.OP_IN, off, len(n.items), int(n.negated))
+        elif isinstance(n, A.Between):
+            self.expr(n.operand)
+            self.expr(n.low)
+            self.expr(n.high)
+            self.emit(K.OP_BETWEEN, push=-2)
+        elif isinstance(n, A.BoolOp):
+            for o in n.operands:
+                self.expr(o)
+            self.emit(K.OP_AND if n.op == "and" else K.OP_OR, len(n.operands), push=1 - len(n.operands))
+        elif isinstance(n, A.Aggregate):
+            t = self.event_type(n.source.event)
+            col = self.schema.column(t, n.source.prop) if n.source.prop else 0
+            foff, flen = self.filter(n.source, t)
+            self.leaf(_AGG_KIND[n.func], t, col, n.window_ms, foff, flen)
+        elif isinstance(n, (A.Since, A.SinceFirst)):
+            t = self.event_type(n.source.event)
+            foff, flen = self.filter(n.source, t)
+            self.leaf(K.L_SINCE if isinstance(n, A.Since) else K.L_SINCE_FIRST, t, 0, 0, foff, flen)
+        elif isinstance(n, A.Sequence):
+            soff = len(self.steps)
+            for step in n.steps:
+                t = self.event_type(step.event)
+                foff, flen = self.filter(step, t)
+                self.steps.append((t, foff, flen))
+            self.leaf(K.L_SEQ, 0, 0, n.window_ms, 0, 0, soff, len(n.steps))
+        elif isinstance(n, A.TraitTime):
+            self.timedep = True
+            self.emit(K.OP_TRAIT_TIME, self.trait(n.name), 1 if n.func == "since" else -1, push=1)
+        elif isinstance(n, A.ExistsTrait):
+            self.emit(K.OP_EXISTS_TRAIT, self.trait(n.name), push=1)
+        elif isinstance(n, A.Near):
+            off = self.const_run([n.lat, n.lon, n.distance_m])
+            self.emit(K.OP_NEAR, off, self.trait("lat"), self.trait("lon"), push=1)
+        elif isinstance(n, A.SegmentRef):
+            self.deps.add(n.name)
+            self.emit(K.OP_SEG, self.slot_of(n.name), push=1)
+        else:
+            line, col = getattr(n, "line", 1), getattr(n, "col", 1)
+            raise ExpressionError(line, col, f"{type(n).__name__} cannot be evaluated by this engine version")
+
+    def trait(self, name: str) -> int:
+        c = self.schema.trait_col(name)
+        self.trmask |= 1 << (c & 63)
+        return c
+
+    def event_type(self, name: str) -> int:
+        t = self.schema.type_id(name)
+        self.evmask |= 1 << (t & 63)
+        self.timedep = True
+        return t
+
+    def leaf(self, kind, t, col, window, foff, flen, soff=0, slen=0):
+        q = len(self.leaves) - self._leaf_base()
+        self.leaves.append((kind, t, col, window, foff, flen, soff, slen))
+        self.emit(K.OP_LEAF, q, push=1)
+
+    def _leaf_base(self):
+        return self._loff
+
+    # -- filters --------------------------------------------------------------------------
+    def filter(self, source: A.EventSource, t: int) -> tuple[int, int]:
+        if source.filter is None:
+            return 0, 0
+        off = len(self.fprog)
+        self.fdepth = 0
+        self.fexpr(source.filter, t)
+        return off, len(self.fprog) - off
+
+    def femit(self, op, a1=0, a2=0, a3=0):
+        self.fprog.append((op, a1, a2, a3))
+
+    def foperand(self, n, t):
+        if isinstance(n, A.PropRef):
+            self.femit(K.OP_PROP, self.schema.column(t, n.name))
+        elif isinstance(n, A.Literal):
+            self.femit(K.OP_CONST, self.const(n.value))
+        elif isinstance(n, A.Neg) and isinstance(n.operand, A.Literal) and n.operand.kind == "number":
+            self.femit(K.OP_CONST, self.const(-n.operand.value))
+        else:
+            self.fexpr(n, t)
+
+    def fexpr(self, n, t):
+        if isinstance(n, A.Compare):
+            self.foperand(n.left, t)
+            self.foperand(n.right, t)
+            self.femit(_CMP[n.op])
+        elif isinstance(n, A.In):
+            self.foperand(n.operand, t)
+            off = self.const_run([it.value for it in n.items])
+            self.femit(K.OP_IN, off, len(n.items), int(n.negated))
+        elif isinstance(n, A.Between):
+            self.foperand(n.operand, t)
+            self.foperand(n.low, t)
+            self.foperand(n.high, t)
+            self.femit(K.OP_BETWEEN)
+        elif isinstance(n, A.BoolOp):
+            for o in n.operands:
+                self.fexpr(o, t)
+            self.femit(K.OP_AND if n.op == "and" else K.OP_OR, len(n.operands))
+        elif isinstance(n, A.Not):
+            self.fexpr(n.operand, t)
+            self.femit(K.OP_NOT)
+        elif isinstance(n, A.ExistsProp):
+            self.femit(K.OP_EXISTS_PROP, self.schema.column(t, n.name))
+        elif isinstance(n, (A.PropRef, A.Literal, A.Neg)):
+            # a bare property or literal used as a condition: true only if it is boolean true
+            self.foperand(n, t) if not isinstance(n, A.Neg) else self.fexpr(n.operand, t)
+            self.femit(K.OP_CONST, self.const(True))
+            self.femit(K.OP_EQ)
+        else:
+            line, col = getattr(n, "line", 1), getattr(n, "col", 1)
+            raise ExpressionError(line, col, f"{type(n).__name__} is not allowed in a where filter")
+
+
+def build_plan(defs, schema: ShardSchema, slot_of: Callable[[str], int], timedep_of_dep=None) -> Plan:
+    """Compile segment definitions (dependencies first) into one plan."""
+    c = _Compiler(schema)
+    rows = []
+    names = [d.name for d in defs]
+    pos = {n: i for i, n in enumerate(names)}
+    dep_list: list[int] = []
+    timedep: dict[str, bool] = {}
+    for d in defs:
+        c._loff = len(c.leaves)
+        poff, plen, loff, llen = c.segment(d.ast, slot_of)
+        td = c.timedep or any(timedep.get(x, False) for x in c.deps)
+        timedep[d.name] = td
+        doff = len(dep_list)
+        dep_list.extend(pos[x] for x in sorted(c.deps) if x in pos)
+        rows.append((poff, plen, loff, llen, slot_of(d.name), _u64(c.evmask), _u64(c.trmask),
+                     int(td), doff, len(dep_list) - doff))
+    return Plan(
+        names=names,
+        seg_tab=np.array(rows, dtype=np.int64).reshape(-1, 10),
+        dep_list=np.array(dep_list, dtype=np.int64),
+        prog=np.array(c.prog, dtype=np.int64).reshape(-1, 4),
+        consts=np.array(c.consts, dtype=np.float64),
+        leaves=np.array(c.leaves, dtype=np.int64).reshape(-1, 8),
+        steps=np.array(c.steps, dtype=np.int64).reshape(-1, 3),
+        fprog=np.array(c.fprog, dtype=np.int64).reshape(-1, 4),
+    )
+
+
+def _u64(mask: int) -> int:
+    """A 64-bit mask stored in an int64 cell (the kernel reinterprets it as uint64)."""
+    mask &= (1 << 64) - 1
+    return mask - (1 << 64) if mask >= (1 << 63) else mask

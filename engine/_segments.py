@@ -1,0 +1,138 @@
+"""Segment definitions: validated once (by the embedded engine or the gateway), then compiled
+by every shard. The registry owns names, versions, dependencies and their order."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .errors import EngineError, ExpressionError, SegmentExists, SegmentInUse, UnknownSegment
+from .expr import ast as A
+
+MAX_NAME_LEN = 200
+
+
+@dataclass(frozen=True)
+class SegmentDef:
+    """A validated segment: its text, its AST and the segments it references."""
+
+    name: str
+    expression: str
+    ast: A.Expr
+    deps: tuple[str, ...]
+    description: str = ""
+    created_ms: int = 0
+    version: int = 1
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not name.strip():
+        raise ExpressionError(1, 1, "a segment needs a non-empty name")
+    if len(name) > MAX_NAME_LEN or any(ord(c) < 32 for c in name):
+        raise ExpressionError(1, 1, f"segment name {name[:40]!r} is too long or has control characters")
+
+
+@dataclass
+class SegmentRegistry:
+    """Names → definitions, with the dependency checks of EXPRESSIONS.md."""
+
+    retention_ms: int
+    _defs: dict[str, SegmentDef] = field(default_factory=dict)
+
+    def validate(self, name: str, expression: str, description: str = "", *,
+                 replacing: bool = False, now_ms: int | None = None) -> SegmentDef:
+        """Parse, type-check and dependency-check without registering anything."""
+        from .expr import compile_expression, segment_refs
+
+        _check_name(name)
+        if not replacing and name in self._defs:
+            raise SegmentExists(f"segment {name!r} already exists; use replace to change its expression")
+        if replacing and name not in self._defs:
+            raise UnknownSegment(f"segment {name!r} does not exist")
+        if not isinstance(expression, str):
+            raise ExpressionError(1, 1, "the expression must be text")
+        tree = compile_expression(expression, retention_ms=self.retention_ms)
+        deps = sorted(segment_refs(tree))
+        for node in _segment_ref_nodes(tree):
+            if node.name not in self._defs:
+                raise ExpressionError(node.line, node.col, f'unknown segment "{node.name}" in segment(...)')
+            if node.name == name or name in self._closure(node.name):
+                raise ExpressionError(node.line, node.col,
+                                      f'segment("{node.name}") would make a cycle through "{name}"')
+        old = self._defs.get(name)
+        created = old.created_ms if old else (now_ms if now_ms is not None else int(time.time() * 1000))
+        return SegmentDef(name, expression, tree, tuple(deps), description or "", created,
+                          (old.version + 1) if old else 1)
+
+    def _closure(self, name: str) -> set[str]:
+        """Every segment that ``name`` depends on, transitively."""
+        seen: set[str] = set()
+        stack = [name]
+        while stack:
+            d = self._defs.get(stack.pop())
+            if d is None:
+                continue
+            for dep in d.deps:
+                if dep not in seen:
+                    seen.add(dep)
+                    stack.append(dep)
+        return seen
+
+    def put(self, defn: SegmentDef) -> None:
+        self._defs[defn.name] = defn
+
+    def check_delete(self, name: str) -> SegmentDef:
+        if name not in self._defs:
+            raise UnknownSegment(f"segment {name!r} does not exist")
+        users = sorted(n for n, d in self._defs.items() if name in d.deps)
+        if users:
+            raise SegmentInUse(f"segment {name!r} is used by {', '.join(users)}; delete or replace those first")
+        return self._defs[name]
+
+    def remove(self, name: str) -> SegmentDef:
+        d = self.check_delete(name)
+        del self._defs[name]
+        return d
+
+    def get(self, name: str) -> SegmentDef:
+        try:
+            return self._defs[name]
+        except KeyError:
+            raise UnknownSegment(f"segment {name!r} does not exist") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._defs
+
+    def names(self) -> list[str]:
+        return sorted(self._defs)
+
+    def all(self) -> list[SegmentDef]:
+        return [self._defs[n] for n in self.names()]
+
+
+def _segment_ref_nodes(tree):
+    from .expr import walk
+
+    return [n for n in walk(tree) if isinstance(n, A.SegmentRef)]
+
+
+def topological_order(defs: list[SegmentDef]) -> list[SegmentDef]:
+    """Dependencies first; ties by name so the order is deterministic."""
+    by_name = {d.name: d for d in defs}
+    done: set[str] = set()
+    out: list[SegmentDef] = []
+
+    def visit(d: SegmentDef, path: tuple[str, ...]) -> None:
+        if d.name in done:
+            return
+        if d.name in path:
+            raise EngineError(f"dependency cycle through {d.name!r}")
+        for dep in sorted(d.deps):
+            if dep in by_name:
+                visit(by_name[dep], path + (d.name,))
+        done.add(d.name)
+        out.append(d)
+
+    for d in sorted(defs, key=lambda d: d.name):
+        visit(d, ())
+    return out

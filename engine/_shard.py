@@ -1,0 +1,517 @@
+"""ShardCore: all state and all work of one shard's users, in numpy arrays and Numba kernels.
+
+It has no clock of its own: every call is given ``now_ms`` by its owner (the embedded
+``Engine`` or the gateway), so several shards can be kept at one global ``now``. It runs
+without Ray; the Ray ``ShardActor`` is a thin shell around it.
+
+Per user row: ``known`` flag, event-list headers per type, trait values, membership bits, a
+timer (next possible time-driven change) and, per block of 1024 rows, the timers' minimum.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba.typed import List
+
+from . import _values as V
+from ._batch import EventColumns, TraitColumns
+from ._deltas import (CAUSE_EVENT, CAUSE_SEGMENT_CREATED, CAUSE_SEGMENT_DELETED, CAUSE_TIME,
+                      CAUSE_TRAIT, CAUSE_USER_DELETED, DeltaBatch)
+from ._plan import Plan, build_plan
+from ._segments import SegmentDef, topological_order
+from .errors import UnknownSegment
+from .kernels import _eval as KE
+from .kernels import _store as KS
+from .kernels._strings import StringColumn, StringTable
+
+INF_MS = KE.INF_MS
+TBLOCK_SHIFT = 10
+VALUE_COLUMN = "value"
+_NULL_BITS = int(V.NULL_BITS)
+_EMPTY_I64 = np.zeros(0, np.int64)
+_EMPTY_U64 = np.zeros(0, np.uint64)
+
+
+class ShardCore:
+    """One shard's users: events, traits, segment membership and timers."""
+
+    def __init__(self, retention_ms: int, max_events_per_type: int = 4096, *, initial_rows: int = 1024):
+        if not 1 <= max_events_per_type <= 4096:
+            raise ValueError("max_events_per_type must be between 1 and 4096")
+        self.retention_ms = int(retention_ms)
+        self.max_per = int(max_events_per_type)
+        self.users = StringTable(capacity=initial_rows)
+        self.strings = StringTable(capacity=1024)
+        # event types
+        self.type_ids: dict[str, int] = {}
+        self.type_names: list[str] = []
+        self.type_cols: list[dict[str, int]] = []      # per type: property -> arena column
+        self.arenas = List()
+        self.arenas.append(np.zeros((1, 1)))           # typed-list element type; replaced below
+        self.arenas.pop()
+        self._tcap = 8
+        self.bump = np.zeros(self._tcap, np.int64)
+        self.used = np.zeros(self._tcap, np.int64)
+        # traits
+        self.trait_ids: dict[str, int] = {}
+        self.trait_names: list[str] = []
+        self._ccap = 4
+        # segments
+        self.defs: dict[str, SegmentDef] = {}
+        self.slots: dict[str, int] = {}
+        self._wcap = 1
+        self.plan: Plan = Plan.empty()
+        # per-row state
+        self._rcap = 0
+        self._alloc_rows(max(initial_rows, 1024))
+        self.counters = np.zeros(2, np.int64)  # dropped at the per-type limit, events stored
+        self.events_accepted = 0
+        self._last_compact_ms = None
+
+    # ------------------------------------------------------------------ per-row arrays
+    def _alloc_rows(self, cap: int) -> None:
+        old = self._rcap
+        n = min(old, cap)
+
+        def grow(a, shape, fill, dtype):
+            b = np.full(shape, fill, dtype=dtype)
+            if a is not None and n:
+                b[:n, ...] = a[:n, ...] if a.ndim == 1 else a[:n, : a.shape[1]]
+            return b
+
+        g = lambda name: getattr(self, name, None)
+        self.known = grow(g("known"), cap, False, np.bool_)
+        self.h_off = grow(g("h_off"), (cap, self._tcap), -1, np.int64)
+        self.h_start = grow(g("h_start"), (cap, self._tcap), 0, np.uint16)
+        self.h_len = grow(g("h_len"), (cap, self._tcap), 0, np.uint16)
+        self.h_cls = grow(g("h_cls"), (cap, self._tcap), 0, np.int8)
+        self.traits = grow(g("traits"), (cap, self._ccap), V.NULL, np.float64)
+        self.member = grow(g("member"), (cap, self._wcap), 0, np.uint64)
+        self.timer = grow(g("timer"), cap, INF_MS, np.int64)
+        nb = (cap >> TBLOCK_SHIFT) + 1
+        tb = np.full(nb, INF_MS, np.int64)
+        if g("tblock") is not None:
+            tb[: len(self.tblock)] = self.tblock[:nb]
+        self.tblock = tb
+        self._pos = np.full(cap, -1, np.int64)
+        self._rcap = cap
+
+    def _ensure_rows(self, n: int) -> None:
+        if n > self._rcap:
+            cap = self._rcap
+            while cap < n:
+                cap *= 2
+            self._alloc_rows(cap)
+
+    def _widen(self, name: str, new_cols: int, fill, dtype) -> None:
+        a = getattr(self, name)
+        b = np.full((a.shape[0], new_cols), fill, dtype=dtype)
+        b[:, : a.shape[1]] = a
+        setattr(self, name, b)
+
+    @property
+    def nrows(self) -> int:
+        return len(self.users)
+
+    # ------------------------------------------------------------------ schema (ShardSchema)
+    def type_id(self, name: str) -> int:
+        t = self.type_ids.get(name)
+        if t is not None:
+            return t
+        t = len(self.type_names)
+        if t >= self._tcap:
+            cap = self._tcap * 2
+            self._widen("h_off", cap, -1, np.int64)
+            self._widen("h_start", cap, 0, np.uint16)
+            self._widen("h_len", cap, 0, np.uint16)
+            self._widen("h_cls", cap, 0, np.int8)
+            self.bump = np.concatenate([self.bump, np.zeros(cap - self._tcap, np.int64)])
+            self.used = np.concatenate([self.used, np.zeros(cap - self._tcap, np.int64)])
+            self._tcap = cap
+        self.type_ids[name] = t
+        self.type_names.append(name)
+        self.type_cols.append({})
+        self.arenas.append(np.zeros((64, 1), np.float64))
+        return t
+
+    def column(self, t: int, prop: str) -> int:
+        cols = self.type_cols[t]
+        c = cols.get(prop)
+        if c is not None:
+            return c
+        a = self.arenas[t]
+        b = np.empty((a.shape[0], a.shape[1] + 1), np.float64)
+        b[:, : a.shape[1]] = a
+        b[:, a.shape[1]] = 0.0 if prop == VALUE_COLUMN else V.NULL
+        c = a.shape[1]
+        cols[prop] = c
+        self.arenas[t] = b
+        return c
+
+    def trait_col(self, name: str) -> int:
+        c = self.trait_ids.get(name)
+        if c is not None:
+            return c
+        c = len(self.trait_names)
+        if c >= self._ccap:
+            self._ccap *= 2
+            self._widen("traits", self._ccap, V.NULL, np.float64)
+        self.trait_ids[name] = c
+        self.trait_names.append(name)
+        return c
+
+    def string_code(self, s: str) -> int:
+        return self.strings.intern_one(s)
+
+    # ------------------------------------------------------------------ ingestion
+    def _rows_for(self, users: StringColumn) -> np.ndarray:
+        codes = self.users.intern(users)
+        self._ensure_rows(len(self.users))
+        return codes[users.codes]
+
+    def apply_events(self, cols: EventColumns, now_ms: int) -> DeltaBatch:
+        """Store a validated batch and re-evaluate what it touched, at ``now_ms``."""
+        n = len(cols)
+        if n == 0:
+            return self.advance(now_ms)
+        rows = self._rows_for(cols.user)
+        tmap = np.array([self.type_id(u) for u in cols.type.uniques()], dtype=np.int64)
+        tids = tmap[cols.type.codes]
+        names = list(cols.props)
+        vals = np.empty((n, 1 + len(names)), np.float64)
+        vals[:, 0] = cols.value
+        for j, name in enumerate(names):
+            vals[:, 1 + j] = cols.props[name]
+        if len(cols.prop_strings) or cols.prop_strings.n_unique:
+            mapping = self.strings.intern(cols.prop_strings)
+            KS._remap_strings(vals.view(np.int64), np.arange(1, 1 + len(names), dtype=np.int64),
+                              mapping, int(V.STR_TAG), int(V.TAG_MASK), int(V.PAYLOAD_MASK))
+        present_types = np.unique(tids)
+        # arena columns: the value column when a type gets a non-zero value, a property column
+        # the first time a type carries that property
+        nz = np.unique(tids[cols.value != 0.0])
+        for t in nz.tolist():
+            self.column(t, VALUE_COLUMN)
+        for j, name in enumerate(names):
+            col = cols.props[name]
+            bits = col.view(np.int64)
+            present = ~(np.isnan(col) & ((bits & V.TAG_MASK) != V.STR_TAG) & ((bits & V.TAG_MASK) != V.BOOL_TAG))
+            for t in np.unique(tids[present]).tolist():
+                self.column(t, name)
+        width = max((len(c) + 1 for c in self.type_cols), default=1)
+        src = np.full((self._tcap, width), KS.SRC_NULL, np.int64)
+        batch_col = {name: 1 + j for j, name in enumerate(names)}
+        for t in present_types.tolist():
+            for prop, c in self.type_cols[t].items():
+                if prop == VALUE_COLUMN:
+                    src[t, c] = 0
+                else:
+                    src[t, c] = batch_col.get(prop, KS.SRC_NULL)
+        cutoff = float(now_ms - self.retention_ms)
+        ts = np.ascontiguousarray(cols.timestamp_ms, dtype=np.int64)
+        i = 0
+        while True:
+            i, t, need = KS._append(i, rows, tids, ts, vals, src, self.arenas, self.bump, self.used,
+                                    self.h_off, self.h_start, self.h_len, self.h_cls, KS.CAPS,
+                                    cutoff, self.max_per, self.counters)
+            if i >= n:
+                break
+            self._grow_arena(t, int(need))
+        self.events_accepted += n
+        delta = self._evaluate(rows, tids, _EMPTY_I64, _EMPTY_U64, now_ms, CAUSE_EVENT)
+        self._maybe_compact(now_ms)
+        return delta
+
+    def apply_traits(self, cols: TraitColumns, now_ms: int) -> DeltaBatch:
+        """Set/unset traits (last update in the batch wins) and re-evaluate."""
+        n = len(cols)
+        if n == 0:
+            return self.advance(now_ms)
+        rows = self._rows_for(cols.user)
+        mapping = self.strings.intern(cols.strings) if cols.strings.n_unique else _EMPTY_I64
+        tmask = np.zeros(n, np.uint64)
+        for name, (boxed, given) in cols.traits.items():
+            c = self.trait_col(name)
+            vals = boxed.copy()
+            if len(mapping):
+                bits = vals.view(np.int64)
+                is_str = (bits & V.TAG_MASK) == V.STR_TAG
+                bits[is_str] = V.STR_TAG | mapping[bits[is_str] & V.PAYLOAD_MASK]
+            idx = np.flatnonzero(given)
+            if len(idx) == 0:
+                continue
+            # the last update of a user in this batch wins
+            r = rows[idx]
+            _, last = np.unique(r[::-1], return_index=True)
+            keep = idx[len(idx) - 1 - last]
+            self.traits[rows[keep], c] = vals[keep]
+            tmask[idx] |= np.uint64(1 << (c & 63))
+        return self._evaluate(_EMPTY_I64, _EMPTY_I64, rows, tmask, now_ms, CAUSE_TRAIT)
+
+    def advance(self, now_ms: int) -> DeltaBatch:
+        """Fire the timers due at ``now_ms``."""
+        return self._evaluate(_EMPTY_I64, _EMPTY_I64, _EMPTY_I64, _EMPTY_U64, now_ms, CAUSE_TIME)
+
+    def _grow_arena(self, t: int, need: int) -> None:
+        a = self.arenas[t]
+        rows = max(a.shape[0] * 2, int(self.bump[t]) + need)
+        b = np.empty((rows, a.shape[1]), np.float64)
+        b[: self.bump[t]] = a[: self.bump[t]]
+        self.arenas[t] = b
+
+    def _maybe_compact(self, now_ms: int, force: bool = False) -> None:
+        """Rewrite an arena when half of it is holes, and drop expired events from every
+        arena once per eighth of the retention (so idle users' old events are freed)."""
+        sweep = force or self._last_compact_ms is None or now_ms - self._last_compact_ms >= self.retention_ms // 8
+        if self._last_compact_ms is None:
+            self._last_compact_ms = now_ms
+            sweep = force
+        if sweep:
+            self._last_compact_ms = now_ms
+        cutoff = float(now_ms - self.retention_ms)
+        for t in range(len(self.type_names)):
+            bump = int(self.bump[t])
+            holes = bump - int(self.used[t])
+            if not (sweep or (bump > 4096 and holes * 2 > bump)):
+                continue
+            a = self.arenas[t]
+            size = KS._compact_size(t, a, self.nrows, self.h_off, self.h_start, self.h_len, KS.CAPS, cutoff)
+            new = np.empty((max(size + size // 4, 64), a.shape[1]), np.float64)
+            b, u = KS._compact(t, a, new, self.nrows, self.h_off, self.h_start, self.h_len, self.h_cls,
+                               KS.CAPS, cutoff)
+            self.arenas[t] = new
+            self.bump[t] = b
+            self.used[t] = u
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate(self, ev_rows, tids, tr_rows, tmask, now_ms, cause, order=None, force=None,
+                  rows=None, dry=False):
+        """One kernel call: merge touched and due rows, evaluate, turn flips into deltas."""
+        if rows is None:
+            due = KE._collect_due(self.timer, self.tblock, TBLOCK_SHIFT, self.nrows, now_ms) \
+                if len(self.plan.names) else _EMPTY_I64
+            rows, evm, trm, isdue, isnew = KE._touched(ev_rows, tids, tr_rows, tmask, due, self.known, self._pos)
+            self.known[rows] = True
+        else:
+            m = len(rows)
+            evm = np.zeros(m, np.uint64)
+            trm = np.zeros(m, np.uint64)
+            isdue = np.zeros(m, np.bool_)
+            isnew = np.zeros(m, np.bool_)
+        if not len(self.plan.names) or not len(rows):
+            return DeltaBatch()
+        if order is None:
+            order = np.arange(len(self.plan.names), dtype=np.int64)
+            force = np.zeros(len(order), np.bool_)
+        p = self.plan
+        fi, fs, fk = KE._run(rows, evm, trm, isnew, isdue, order, force, dry, p.seg_tab, p.dep_list,
+                             p.prog, p.consts, p.leaves, p.steps, p.fprog, self.arenas, self.h_off,
+                             self.h_start, self.h_len, self.traits, self.member, self.timer,
+                             self.tblock, TBLOCK_SHIFT, now_ms, self.retention_ms, self.max_per)
+        if dry:
+            return rows[fi]
+        if not len(fi):
+            return DeltaBatch()
+        if cause == CAUSE_EVENT:
+            causes = np.where(evm[fi] != 0, CAUSE_EVENT, CAUSE_TIME).astype(np.int8)
+        elif cause == CAUSE_TRAIT:
+            causes = np.where(trm[fi] != 0, CAUSE_TRAIT, CAUSE_TIME).astype(np.int8)
+        else:
+            causes = np.full(len(fi), cause, np.int8)
+        return self._deltas(rows[fi], fs, fk, causes, now_ms)
+
+    def _deltas(self, rows, plan_idx, kinds, causes, now_ms) -> DeltaBatch:
+        names = self.plan.names
+        return DeltaBatch(
+            segments=[names[s] for s in plan_idx.tolist()],
+            user_ids=self.users.gather(rows),
+            kind=np.asarray(kinds, np.int8),
+            cause=np.asarray(causes, np.int8),
+            at_ms=np.full(len(rows), now_ms, np.int64),
+        )
+
+    def _known_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.known[: self.nrows]).astype(np.int64)
+
+    # ------------------------------------------------------------------ segments
+    def _rebuild(self, extra: SegmentDef | None = None, extra_slot: int = -1) -> Plan:
+        defs = list(self.defs.values()) + ([extra] if extra is not None else [])
+        ordered = topological_order(defs)
+
+        def slot_of(name):
+            if extra is not None and name == extra.name:
+                return extra_slot
+            return self.slots[name]
+
+        return build_plan(ordered, self, slot_of)
+
+    def _free_slot(self) -> int:
+        used = set(self.slots.values())
+        s = 0
+        while s in used:
+            s += 1
+        if (s >> 6) >= self._wcap:
+            self._wcap *= 2
+            self._widen("member", self._wcap, 0, np.uint64)
+        return s
+
+    def create_segment(self, defn: SegmentDef, now_ms: int) -> DeltaBatch:
+        """Start maintaining a segment: backfill over every known user (ENTER deltas)."""
+        slot = self._free_slot()
+        self.member[:, slot >> 6] &= ~np.uint64(1 << (slot & 63))
+        self.defs[defn.name] = defn
+        self.slots[defn.name] = slot
+        try:
+            self.plan = self._rebuild()
+        except Exception:
+            del self.defs[defn.name]
+            del self.slots[defn.name]
+            self.plan = self._rebuild()
+            raise
+        idx = self.plan.index(defn.name)
+        return self._evaluate(None, None, None, None, now_ms, CAUSE_SEGMENT_CREATED,
+                              order=np.array([idx], np.int64), force=np.ones(1, np.bool_),
+                              rows=self._known_rows())
+
+    def replace_segment(self, defn: SegmentDef, now_ms: int) -> DeltaBatch:
+        """New expression for an existing segment: deltas for the difference (and for the
+        segments that reference it)."""
+        if defn.name not in self.defs:
+            raise UnknownSegment(f"segment {defn.name!r} does not exist")
+        old = self.defs[defn.name]
+        self.defs[defn.name] = defn
+        try:
+            self.plan = self._rebuild()
+        except Exception:
+            self.defs[defn.name] = old
+            self.plan = self._rebuild()
+            raise
+        idx = self.plan.index(defn.name)
+        dependents = self._dependents(defn.name)
+        order = [idx] + [self.plan.index(d) for d in self.plan.names if d in dependents]
+        force = np.zeros(len(order), np.bool_)
+        force[0] = True
+        return self._evaluate(None, None, None, None, now_ms, CAUSE_SEGMENT_CREATED,
+                              order=np.array(order, np.int64), force=force, rows=self._known_rows())
+
+    def _dependents(self, name: str) -> set[str]:
+        out: set[str] = set()
+        frontier = {name}
+        while frontier:
+            nxt = {d.name for d in self.defs.values() if frontier & set(d.deps)} - out
+            out |= nxt
+            frontier = nxt
+        return out
+
+    def delete_segment(self, name: str, now_ms: int) -> DeltaBatch:
+        """Stop maintaining a segment: EXIT for each member."""
+        if name not in self.defs:
+            raise UnknownSegment(f"segment {name!r} does not exist")
+        rows = self._member_rows(name)
+        slot = self.slots[name]
+        delta = DeltaBatch(
+            segments=[name] * len(rows), user_ids=self.users.gather(rows),
+            kind=np.full(len(rows), 2, np.int8), cause=np.full(len(rows), CAUSE_SEGMENT_DELETED, np.int8),
+            at_ms=np.full(len(rows), now_ms, np.int64))
+        self.member[:, slot >> 6] &= ~np.uint64(1 << (slot & 63))
+        del self.defs[name]
+        del self.slots[name]
+        self.plan = self._rebuild()
+        return delta
+
+    def preview(self, defn: SegmentDef, now_ms: int, sample: int = 10) -> tuple[int, list[str]]:
+        """Size and a sample of members of an expression, nothing saved."""
+        scratch = SegmentDef("\x00preview", defn.expression, defn.ast, defn.deps)
+        plan = self._rebuild(scratch, extra_slot=0)
+        saved, self.plan = self.plan, plan
+        try:
+            rows = self._evaluate(None, None, None, None, now_ms, CAUSE_TIME,
+                                  order=np.array([plan.index(scratch.name)], np.int64),
+                                  force=np.ones(1, np.bool_), rows=self._known_rows(), dry=True)
+        finally:
+            self.plan = saved
+        return len(rows), self.users.gather(rows[:sample])
+
+    def _member_rows(self, name: str) -> np.ndarray:
+        slot = self.slots.get(name)
+        if slot is None:
+            raise UnknownSegment(f"segment {name!r} does not exist")
+        col = self.member[: self.nrows, slot >> 6]
+        return np.flatnonzero((col >> np.uint64(slot & 63)) & np.uint64(1)).astype(np.int64)
+
+    def members(self, name: str) -> list[str]:
+        return self.users.gather(self._member_rows(name))
+
+    def segment_size(self, name: str) -> int:
+        return int(len(self._member_rows(name)))
+
+    # ------------------------------------------------------------------ users
+    def _row_of(self, user_id: str) -> int:
+        r = self.users.lookup_one(user_id) if isinstance(user_id, str) else -1
+        return r if r >= 0 and self.known[r] else -1
+
+    def user_segments(self, user_id: str) -> list[str]:
+        r = self._row_of(user_id)
+        if r < 0:
+            return []
+        return sorted(n for n, s in self.slots.items()
+                      if (int(self.member[r, s >> 6]) >> (s & 63)) & 1)
+
+    def user_view(self, user_id: str) -> dict:
+        r = self._row_of(user_id)
+        if r < 0:
+            return {"user_id": user_id, "known": False, "segments": [], "traits": {}}
+        traits = {}
+        for name, c in self.trait_ids.items():
+            v = V.unbox(float(self.traits[r, c]), self.strings.get)
+            if v is not None:
+                traits[name] = v
+        return {"user_id": user_id, "known": True, "segments": self.user_segments(user_id), "traits": traits}
+
+    def delete_user(self, user_id: str, now_ms: int) -> DeltaBatch:
+        """Forget a user's events and traits; EXIT from every segment it was in."""
+        r = self._row_of(user_id)
+        if r < 0:
+            return DeltaBatch()
+        names = [n for n in self.plan.names if (int(self.member[r, self.slots[n] >> 6]) >> (self.slots[n] & 63)) & 1]
+        rows = np.full(len(names), r, np.int64)
+        KS._clear_rows(np.array([r], np.int64), len(self.type_names), self.h_off, self.h_start, self.h_len,
+                       self.h_cls, self.used, KS.CAPS)
+        self.traits[r, :] = V.NULL
+        self.member[r, :] = 0
+        self.timer[r] = INF_MS
+        self.known[r] = False
+        return DeltaBatch(segments=names, user_ids=[user_id] * len(names),
+                          kind=np.full(len(names), 2, np.int8),
+                          cause=np.full(len(names), CAUSE_USER_DELETED, np.int8),
+                          at_ms=np.full(len(rows), now_ms, np.int64))
+
+    # ------------------------------------------------------------------ introspection
+    def retained_events(self) -> int:
+        return int(sum(KS._live_events(t, self.nrows, self.h_off, self.h_len) for t in range(len(self.type_names))))
+
+    def stats(self) -> dict:
+        return {
+            "users": int(self.known[: self.nrows].sum()),
+            "events_accepted": int(self.events_accepted),
+            "events_retained": self.retained_events(),
+            "events_dropped": int(self.counters[0]),
+            "event_types": len(self.type_names),
+            "segments": len(self.defs),
+        }
+
+    def memory(self) -> dict:
+        """Bytes held, by part. ``per_user`` parts scale with users, ``events`` with events."""
+        rows = self._rcap
+        per_user_arrays = (self.known.nbytes + self.h_off.nbytes + self.h_start.nbytes + self.h_len.nbytes
+                           + self.h_cls.nbytes + self.traits.nbytes + self.member.nbytes + self.timer.nbytes
+                           + self.tblock.nbytes + self._pos.nbytes)
+        events = sum(a.nbytes for a in self.arenas)
+        return {
+            "row_capacity": rows,
+            "user_arrays": per_user_arrays,
+            "user_ids": self.users.nbytes,
+            "events": events,
+            "strings": self.strings.nbytes,
+            "bytes_total": per_user_arrays + self.users.nbytes + events + self.strings.nbytes,
+        }

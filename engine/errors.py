@@ -1,0 +1,47 @@
+"""The one error tree of rtseg. The gRPC layer maps these to status codes in one place."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Root of every error rtseg raises on purpose."""
+
+
+class ExpressionError(EngineError, ValueError):
+    """A segment expression that does not parse, does not type-check or cannot be maintained.
+
+    ``str(err)`` is ``"line:col: message"``; ``line`` and ``col`` are 1-based.
+    """
+
+    def __init__(self, line: int, col: int, message: str):
+        self.line = line
+        self.col = col
+        self.message = message
+        super().__init__(f"{line}:{col}: {message}")
+
+
+class SegmentExists(EngineError):
+    """A segment with that name already exists (use replace_segment to change it)."""
+
+
+class UnknownSegment(EngineError, KeyError):
+    """No segment has that name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "unknown segment"
+
+
+class ClockError(EngineError):
+    """The operation does not fit the engine's clock (advance_clock on a wall clock)."""
+
+
+class SequenceTooOld(EngineError):
+    """A delta sequence number older than the retained delta log was asked for."""
+
+
+class ConfigError(EngineError, ValueError):
+    """A configuration value that cannot be used."""
+
+
+class SegmentInUse(EngineError):
+    """The segment is referenced by other segments; delete or replace those first."""

@@ -1,0 +1,103 @@
+"""Bit-level helpers on boxed float64 values (see engine/_values.py), usable inside kernels."""
+
+from __future__ import annotations
+
+import math
+
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+from .._values import BOOL_TAG, NULL_BITS, STR_TAG, TAG_MASK
+
+_NULL_BITS = int(NULL_BITS)
+_STR_TAG = int(STR_TAG)
+_BOOL_TAG = int(BOOL_TAG)
+_TAG_MASK = int(TAG_MASK)
+
+K_NULL, K_NUMBER, K_STRING, K_BOOL = 0, 1, 2, 3
+
+
+@intrinsic
+def f2i(typingctx, x):
+    """The int64 bits of a float64 (a register move, no memory)."""
+    sig = types.int64(types.float64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return sig, codegen
+
+
+@intrinsic
+def i2f(typingctx, x):
+    """The float64 whose bits are the given int64."""
+    sig = types.float64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return sig, codegen
+
+
+@njit(inline="always")
+def null_value():
+    return i2f(_NULL_BITS)
+
+
+@njit(inline="always")
+def bool_value(b):
+    return i2f(_BOOL_TAG | (1 if b else 0))
+
+
+@njit(inline="always")
+def kind_of(x):
+    if x == x:
+        return K_NUMBER
+    tag = f2i(x) & _TAG_MASK
+    if tag == _STR_TAG:
+        return K_STRING
+    if tag == _BOOL_TAG:
+        return K_BOOL
+    return K_NULL
+
+
+@njit(inline="always")
+def is_true(x):
+    return f2i(x) == (_BOOL_TAG | 1)
+
+
+@njit(inline="always")
+def is_null(x):
+    return x != x and kind_of(x) == K_NULL
+
+
+@njit(inline="always")
+def number_or_null(x):
+    """Arithmetic results: NaN (undefined) becomes the canonical null."""
+    if x != x:
+        return i2f(_NULL_BITS)
+    return x
+
+
+@njit(inline="always")
+def same_value(a, b):
+    """Equality of two boxed values of the same kind (numbers by value, others by bits)."""
+    if a == a and b == b:
+        return a == b
+    return f2i(a) == f2i(b)
+
+
+EARTH_RADIUS_M = 6371008.8
+
+
+@njit(inline="always")
+def haversine_m(lat1, lon1, lat2, lon2):
+    p1 = math.radians(lat1)
+    p2 = math.radians(lat2)
+    dp = p2 - p1
+    dl = math.radians(lon2 - lon1)
+    h = math.sin(dp / 2.0) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2.0) ** 2
+    if h > 1.0:
+        h = 1.0
+    return 2.0 * EARTH_RADIUS_M * math.asin(math.sqrt(h))

@@ -1,0 +1,683 @@
+"""Segment evaluation kernels.
+
+A compiled plan (engine/_plan.py) is a set of flat arrays:
+
+- ``leaves[L, 8]`` int64: ``kind, type, column, window_ms, filter_off, filter_len, step_off,
+  step_len`` for every aggregate call (``count``, ``since``, ``sequence`` ...);
+- ``steps[S, 3]``: ``type, filter_off, filter_len`` of the steps of ``sequence`` calls;
+- ``fprog[F, 4]``: postfix filter programs over one event's arena row;
+- ``prog[P, 4]``: postfix programs over a user (leaves, traits, other segments), one slice
+  per segment; ``consts`` holds their boxed constants.
+
+Values on the program stack are boxed float64 with a **slope**: the derivative of the value
+with respect to ``now`` (``since(E)`` has slope 1, ``until(trait.x)`` slope -1, everything
+else 0). Between two discontinuities (an event entering or leaving a window) every value is
+therefore affine in time, and each comparison can compute exactly when it will flip. The
+minimum of those times and of the leaves' discontinuities is the user's next possible change:
+its timer. Products or quotients of two time-varying values are not affine; their slope is
+NaN and the user is then re-checked at every clock step (``now + 1``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from ._bits import (K_BOOL, K_NULL, K_NUMBER, K_STRING, bool_value, f2i, haversine_m, i2f,
+                    is_true, kind_of, null_value, number_or_null)
+
+INF_MS = np.iinfo(np.int64).max
+DAY_MS = 86_400_000
+
+# program opcodes
+OP_CONST, OP_LEAF, OP_TRAIT, OP_TRAIT_TIME, OP_EXISTS_TRAIT, OP_NEAR, OP_SEG = 1, 2, 3, 4, 5, 6, 7
+OP_PROP, OP_EXISTS_PROP = 8, 9
+OP_NEG, OP_ADD, OP_SUB, OP_MUL, OP_DIV = 10, 11, 12, 13, 14
+OP_EQ, OP_NE, OP_LT, OP_LE, OP_GT, OP_GE, OP_IN, OP_BETWEEN = 20, 21, 22, 23, 24, 25, 26, 27
+OP_AND, OP_OR, OP_NOT = 30, 31, 32
+
+# leaf kinds
+L_COUNT, L_SUM, L_AVG, L_MIN, L_MAX, L_DISTINCT, L_TOP, L_DAYS, L_AFF = 1, 2, 3, 4, 5, 6, 7, 8, 9
+L_SINCE, L_SINCE_FIRST, L_SEQ = 10, 11, 12
+
+MAX_STACK = 64
+
+
+@njit(cache=True, inline="always")
+def _min(a, b):
+    return a if a < b else b
+
+
+@njit(cache=True)
+def _upper_bound(a, lo, hi, x):
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if a[mid, 0] <= x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True)
+def _compare(op, a, b):
+    """Boxed TRUE/FALSE/NULL of ``a op b`` (null operand -> null; kinds differ -> false)."""
+    ka = kind_of(a)
+    kb = kind_of(b)
+    if ka == K_NULL or kb == K_NULL:
+        return null_value()
+    if ka != kb:
+        return bool_value(False)
+    if ka == K_NUMBER:
+        if op == OP_EQ:
+            return bool_value(a == b)
+        if op == OP_NE:
+            return bool_value(a != b)
+        if op == OP_LT:
+            return bool_value(a < b)
+        if op == OP_LE:
+            return bool_value(a <= b)
+        if op == OP_GT:
+            return bool_value(a > b)
+        return bool_value(a >= b)
+    same = f2i(a) == f2i(b)
+    if op == OP_EQ:
+        return bool_value(same)
+    if op == OP_NE:
+        return bool_value(not same)
+    return bool_value(False)
+
+
+@njit(cache=True)
+def _cross(a, sa, b, sb, now, nxt):
+    """Earliest integer time > now at which ``a + sa*dt`` vs ``b + sb*dt`` may change order."""
+    if sa == 0.0 and sb == 0.0:
+        return nxt
+    if sa != sa or sb != sb:
+        return _min(nxt, now + 1)
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return nxt
+    s = sa - sb
+    if s == 0.0:
+        return nxt
+    tau = (b - a) / s
+    if tau < 0.0:
+        return nxt
+    c = math.floor(now + tau)
+    if c <= now:
+        return _min(nxt, now + 1)
+    if c >= 9.0e18:
+        return nxt
+    return _min(nxt, np.int64(c))
+
+
+@njit(cache=True)
+def _match(a, k, foff, flen, fprog, consts, st):
+    """Does arena row ``k`` satisfy the filter program ``fprog[foff:foff+flen]``?"""
+    if flen == 0:
+        return True
+    sp = 0
+    for pc in range(foff, foff + flen):
+        op = fprog[pc, 0]
+        if op == OP_PROP:
+            st[sp] = a[k, fprog[pc, 1]]
+            sp += 1
+        elif op == OP_CONST:
+            st[sp] = consts[fprog[pc, 1]]
+            sp += 1
+        elif op == OP_EXISTS_PROP:
+            v = a[k, fprog[pc, 1]]
+            st[sp] = bool_value(kind_of(v) != K_NULL)
+            sp += 1
+        elif op >= OP_EQ and op <= OP_GE:
+            sp -= 1
+            st[sp - 1] = _compare(op, st[sp - 1], st[sp])
+        elif op == OP_IN:
+            x = st[sp - 1]
+            st[sp - 1] = _in(x, consts, fprog[pc, 1], fprog[pc, 2], fprog[pc, 3])
+        elif op == OP_BETWEEN:
+            sp -= 2
+            st[sp - 1] = _between(st[sp - 1], st[sp], st[sp + 1])
+        elif op == OP_AND:
+            n = fprog[pc, 1]
+            ok = True
+            for j in range(sp - n, sp):
+                if not is_true(st[j]):
+                    ok = False
+            sp -= n - 1
+            st[sp - 1] = bool_value(ok)
+        elif op == OP_OR:
+            n = fprog[pc, 1]
+            ok = False
+            for j in range(sp - n, sp):
+                if is_true(st[j]):
+                    ok = True
+            sp -= n - 1
+            st[sp - 1] = bool_value(ok)
+        elif op == OP_NOT:
+            st[sp - 1] = bool_value(not is_true(st[sp - 1]))
+    return is_true(st[0])
+
+
+@njit(cache=True)
+def _in(x, consts, off, n, negated):
+    kx = kind_of(x)
+    if kx == K_NULL:
+        return null_value()
+    found = False
+    for j in range(off, off + n):
+        c = consts[j]
+        if kind_of(c) == kx:
+            if kx == K_NUMBER:
+                if c == x:
+                    found = True
+            elif f2i(c) == f2i(x):
+                found = True
+    if negated:
+        return bool_value(not found)
+    return bool_value(found)
+
+
+@njit(cache=True)
+def _between(x, lo, hi):
+    a = _compare(OP_GE, x, lo)
+    b = _compare(OP_LE, x, hi)
+    if kind_of(a) == K_NULL or kind_of(b) == K_NULL:
+        return null_value()
+    return bool_value(is_true(a) and is_true(b))
+
+
+@njit(cache=True)
+def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arenas, h_off, h_start, h_len,
+          fst, keys, idx):
+    """Value, slope and next discontinuity of leaf ``j`` for user row ``r``."""
+    kind = leaves[j, 0]
+    t = leaves[j, 1]
+    col = leaves[j, 2]
+    w = leaves[j, 3]
+    foff = leaves[j, 4]
+    flen = leaves[j, 5]
+    nxt = INF_MS
+    if kind == L_SEQ:
+        return _sequence(j, r, now, leaves, steps, fprog, consts, arenas, h_off, h_start, h_len, fst)
+    off = h_off[r, t]
+    if off < 0:
+        if kind == L_COUNT or kind == L_SUM or kind == L_DISTINCT or kind == L_TOP or kind == L_DAYS:
+            return 0.0, 0.0, nxt
+        if kind == L_SINCE or kind == L_SINCE_FIRST:
+            return np.inf, 0.0, nxt
+        return null_value(), 0.0, nxt
+    a = arenas[t]
+    base = off + np.int64(h_start[r, t])
+    end = base + np.int64(h_len[r, t])
+    hi = _upper_bound(a, base, end, float(now))
+    if hi < end:
+        nxt = np.int64(a[hi, 0])
+
+    if kind == L_SINCE:
+        lo = _upper_bound(a, base, hi, float(now - retention_ms))
+        k = hi - 1
+        while k >= lo:
+            if _match(a, k, foff, flen, fprog, consts, fst):
+                tk = np.int64(a[k, 0])
+                return float(now - tk), 1.0, _min(nxt, tk + retention_ms)
+            k -= 1
+        return np.inf, 0.0, nxt
+    if kind == L_SINCE_FIRST:
+        lo = _upper_bound(a, base, hi, float(now - retention_ms))
+        for k in range(lo, hi):
+            if _match(a, k, foff, flen, fprog, consts, fst):
+                tk = np.int64(a[k, 0])
+                return float(now - tk), 1.0, _min(nxt, tk + retention_ms)
+        return np.inf, 0.0, nxt
+
+    lo = _upper_bound(a, base, hi, float(now - w))
+    if kind == L_COUNT and flen == 0:
+        if hi > lo:
+            nxt = _min(nxt, np.int64(a[lo, 0]) + w)
+        return float(hi - lo), 0.0, nxt
+
+    first = -1
+    cnt = 0
+    total = 0.0
+    nnum = 0
+    best = 0.0
+    days = 0
+    last_day = -1
+    nk = 0
+    for k in range(lo, hi):
+        if not _match(a, k, foff, flen, fprog, consts, fst):
+            continue
+        if first < 0:
+            first = k
+        cnt += 1
+        if kind == L_COUNT:
+            continue
+        if kind == L_DAYS:
+            d = np.int64(a[k, 0]) // DAY_MS
+            if d != last_day:
+                days += 1
+                last_day = d
+            continue
+        v = a[k, col]
+        if kind == L_SUM or kind == L_AVG or kind == L_MIN or kind == L_MAX:
+            if v == v:
+                if nnum == 0:
+                    best = v
+                elif kind == L_MIN and v < best:
+                    best = v
+                elif kind == L_MAX and v > best:
+                    best = v
+                total += v
+                nnum += 1
+        else:  # distinct / top_count / affinity: collect non-null values
+            if kind_of(v) != K_NULL:
+                keys[nk] = f2i(v)
+                idx[nk] = k
+                nk += 1
+    if first >= 0:
+        nxt = _min(nxt, np.int64(a[first, 0]) + w)
+    if kind == L_COUNT:
+        return float(cnt), 0.0, nxt
+    if kind == L_DAYS:
+        return float(days), 0.0, nxt
+    if kind == L_SUM:
+        return total, 0.0, nxt
+    if kind == L_AVG:
+        if nnum == 0:
+            return null_value(), 0.0, nxt
+        return total / nnum, 0.0, nxt
+    if kind == L_MIN or kind == L_MAX:
+        if nnum == 0:
+            return null_value(), 0.0, nxt
+        return best, 0.0, nxt
+    # value-frequency aggregates
+    if nk == 0:
+        if kind == L_AFF:
+            return null_value(), 0.0, nxt
+        return 0.0, 0.0, nxt
+    order = np.argsort(keys[:nk], kind="mergesort")
+    runs = 0
+    top = 0
+    top_key = 0
+    top_last = -1
+    i = 0
+    while i < nk:
+        key = keys[order[i]]
+        run = 0
+        last = -1
+        while i < nk and keys[order[i]] == key:
+            run += 1
+            if idx[order[i]] > last:
+                last = idx[order[i]]
+            i += 1
+        runs += 1
+        if run > top or (run == top and last > top_last):
+            top = run
+            top_key = key
+            top_last = last
+    if kind == L_DISTINCT:
+        return float(runs), 0.0, nxt
+    if kind == L_TOP:
+        return float(top), 0.0, nxt
+    return i2f(top_key), 0.0, nxt
+
+
+@njit(cache=True)
+def _sequence(j, r, now, leaves, steps, fprog, consts, arenas, h_off, h_start, h_len, fst):
+    w = leaves[j, 3]
+    soff = leaves[j, 6]
+    slen = leaves[j, 7]
+    nxt = INF_MS
+    lower = float(now - w)  # exclusive bound for the next step's timestamp
+    ok = True
+    for s in range(soff, soff + slen):
+        t = steps[s, 0]
+        off = h_off[r, t]
+        if off < 0:
+            ok = False
+            continue
+        a = arenas[t]
+        base = off + np.int64(h_start[r, t])
+        end = base + np.int64(h_len[r, t])
+        hi = _upper_bound(a, base, end, float(now))
+        lo_w = _upper_bound(a, base, hi, float(now - w))
+        if hi < end:
+            nxt = _min(nxt, np.int64(a[hi, 0]))
+        if lo_w < hi:
+            nxt = _min(nxt, np.int64(a[lo_w, 0]) + w)
+        if not ok:
+            continue
+        k = _upper_bound(a, lo_w, hi, lower)
+        found = False
+        while k < hi:
+            if _match(a, k, steps[s, 1], steps[s, 2], fprog, consts, fst):
+                found = True
+                lower = a[k, 0]
+                break
+            k += 1
+        if not found:
+            ok = False
+    return bool_value(ok), 0.0, nxt
+
+
+@njit(cache=True)
+def _program(r, now, poff, plen, prog, consts, lv, ls, traits, member, vst, sst, nxt):
+    """Run a segment's program for row ``r``; returns (is member, next change time)."""
+    sp = 0
+    for pc in range(poff, poff + plen):
+        op = prog[pc, 0]
+        a1 = prog[pc, 1]
+        if op == OP_CONST:
+            vst[sp] = consts[a1]
+            sst[sp] = 0.0
+            sp += 1
+        elif op == OP_LEAF:
+            vst[sp] = lv[a1]
+            sst[sp] = ls[a1]
+            sp += 1
+        elif op == OP_TRAIT:
+            vst[sp] = traits[r, a1]
+            sst[sp] = 0.0
+            sp += 1
+        elif op == OP_TRAIT_TIME:
+            v = traits[r, a1]
+            if kind_of(v) != K_NUMBER:
+                vst[sp] = null_value()
+                sst[sp] = 0.0
+            elif prog[pc, 2] > 0:
+                vst[sp] = number_or_null(float(now) - v)
+                sst[sp] = 1.0 if math.isfinite(v) else 0.0
+            else:
+                vst[sp] = number_or_null(v - float(now))
+                sst[sp] = -1.0 if math.isfinite(v) else 0.0
+            sp += 1
+        elif op == OP_EXISTS_TRAIT:
+            vst[sp] = bool_value(kind_of(traits[r, a1]) != K_NULL)
+            sst[sp] = 0.0
+            sp += 1
+        elif op == OP_NEAR:
+            lat = traits[r, prog[pc, 2]]
+            lon = traits[r, prog[pc, 3]]
+            inside = False
+            if kind_of(lat) == K_NUMBER and kind_of(lon) == K_NUMBER:
+                inside = haversine_m(lat, lon, consts[a1], consts[a1 + 1]) <= consts[a1 + 2]
+            vst[sp] = bool_value(inside)
+            sst[sp] = 0.0
+            sp += 1
+        elif op == OP_SEG:
+            vst[sp] = bool_value(((member[r, a1 >> 6] >> np.uint64(a1 & 63)) & np.uint64(1)) != 0)
+            sst[sp] = 0.0
+            sp += 1
+        elif op == OP_NEG:
+            x = vst[sp - 1]
+            if kind_of(x) == K_NUMBER:
+                vst[sp - 1] = -x
+                sst[sp - 1] = -sst[sp - 1]
+            else:
+                vst[sp - 1] = null_value()
+                sst[sp - 1] = 0.0
+        elif op >= OP_ADD and op <= OP_DIV:
+            sp -= 1
+            x = vst[sp - 1]
+            y = vst[sp]
+            sx = sst[sp - 1]
+            sy = sst[sp]
+            if kind_of(x) != K_NUMBER or kind_of(y) != K_NUMBER:
+                vst[sp - 1] = null_value()
+                sst[sp - 1] = 0.0
+                continue
+            if op == OP_ADD:
+                v = x + y
+                s = sx + sy
+            elif op == OP_SUB:
+                v = x - y
+                s = sx - sy
+            elif op == OP_MUL:
+                v = x * y
+                if sx == 0.0:
+                    s = x * sy
+                elif sy == 0.0:
+                    s = y * sx
+                else:
+                    s = np.nan
+            else:
+                if y == 0.0:
+                    vst[sp - 1] = null_value()
+                    sst[sp - 1] = 0.0
+                    continue
+                v = x / y
+                s = sx / y if sy == 0.0 else np.nan
+            if v != v:
+                vst[sp - 1] = null_value()
+                sst[sp - 1] = 0.0
+            else:
+                vst[sp - 1] = v
+                sst[sp - 1] = s if math.isfinite(v) else 0.0
+        elif op >= OP_EQ and op <= OP_GE:
+            sp -= 1
+            x = vst[sp - 1]
+            y = vst[sp]
+            if kind_of(x) == K_NUMBER and kind_of(y) == K_NUMBER:
+                nxt = _cross(x, sst[sp - 1], y, sst[sp], now, nxt)
+            vst[sp - 1] = _compare(op, x, y)
+            sst[sp - 1] = 0.0
+        elif op == OP_IN:
+            x = vst[sp - 1]
+            if kind_of(x) == K_NUMBER and sst[sp - 1] != 0.0:
+                for c in range(a1, a1 + prog[pc, 2]):
+                    if kind_of(consts[c]) == K_NUMBER:
+                        nxt = _cross(x, sst[sp - 1], consts[c], 0.0, now, nxt)
+            vst[sp - 1] = _in(x, consts, a1, prog[pc, 2], prog[pc, 3])
+            sst[sp - 1] = 0.0
+        elif op == OP_BETWEEN:
+            sp -= 2
+            x = vst[sp - 1]
+            lo = vst[sp]
+            hi = vst[sp + 1]
+            if kind_of(x) == K_NUMBER:
+                if kind_of(lo) == K_NUMBER:
+                    nxt = _cross(x, sst[sp - 1], lo, sst[sp], now, nxt)
+                if kind_of(hi) == K_NUMBER:
+                    nxt = _cross(x, sst[sp - 1], hi, sst[sp + 1], now, nxt)
+            vst[sp - 1] = _between(x, lo, hi)
+            sst[sp - 1] = 0.0
+        elif op == OP_AND or op == OP_OR:
+            ok = op == OP_AND
+            for q in range(sp - a1, sp):
+                if op == OP_AND and not is_true(vst[q]):
+                    ok = False
+                elif op == OP_OR and is_true(vst[q]):
+                    ok = True
+            sp -= a1 - 1
+            vst[sp - 1] = bool_value(ok)
+            sst[sp - 1] = 0.0
+        elif op == OP_NOT:
+            vst[sp - 1] = bool_value(not is_true(vst[sp - 1]))
+            sst[sp - 1] = 0.0
+    return is_true(vst[0]), nxt
+
+
+@njit(cache=True)
+def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
+         seg_tab, dep_list, prog, consts, leaves, steps, fprog,
+         arenas, h_off, h_start, h_len, traits, member, timer, tblock, tblock_shift,
+         now, retention_ms, max_per):
+    """Evaluate segments ``order`` (plan indices, dependencies first) for user rows ``rows``.
+
+    ``seg_tab[s]`` = prog_off, prog_len, leaf_off, leaf_len, slot, evmask, trmask, timedep,
+    dep_off, dep_len. A segment is evaluated for a row when forced, when the row is new, when
+    the row's touched event types / traits meet the segment's, when the row's timer fired and
+    the segment depends on time, or when a segment it references flipped for that row.
+
+    Returns flips as (row list index, plan index, kind 1=ENTER/2=EXIT), count. In ``dry``
+    mode nothing is written and every row where the segment holds is returned as ENTER.
+    """
+    m = rows.shape[0]
+    nseg = seg_tab.shape[0]
+    flipped = np.zeros((m, nseg), dtype=np.bool_)
+    cap = 1024
+    out_i = np.empty(cap, dtype=np.int64)
+    out_s = np.empty(cap, dtype=np.int64)
+    out_k = np.empty(cap, dtype=np.int8)
+    n_out = 0
+    maxleaf = 1
+    for s in range(nseg):
+        if seg_tab[s, 3] > maxleaf:
+            maxleaf = seg_tab[s, 3]
+    lv = np.empty(maxleaf, dtype=np.float64)
+    ls = np.empty(maxleaf, dtype=np.float64)
+    vst = np.empty(MAX_STACK, dtype=np.float64)
+    sst = np.empty(MAX_STACK, dtype=np.float64)
+    fst = np.empty(MAX_STACK, dtype=np.float64)
+    keys = np.empty(max_per + 1, dtype=np.int64)
+    idx = np.empty(max_per + 1, dtype=np.int64)
+    for oi in range(order.shape[0]):
+        s = order[oi]
+        poff = seg_tab[s, 0]
+        plen = seg_tab[s, 1]
+        loff = seg_tab[s, 2]
+        llen = seg_tab[s, 3]
+        slot = seg_tab[s, 4]
+        sev = np.uint64(seg_tab[s, 5])
+        str_ = np.uint64(seg_tab[s, 6])
+        timedep = seg_tab[s, 7] != 0
+        doff = seg_tab[s, 8]
+        dlen = seg_tab[s, 9]
+        word = slot >> 6
+        bit = np.uint64(slot & 63)
+        for i in range(m):
+            need = force[oi] or is_new[i] or (evmask[i] & sev) != 0 or (trmask[i] & str_) != 0 \
+                or (is_due[i] and timedep)
+            if not need:
+                for d in range(doff, doff + dlen):
+                    if flipped[i, dep_list[d]]:
+                        need = True
+                        break
+            if not need:
+                continue
+            r = rows[i]
+            nxt = INF_MS
+            for q in range(llen):
+                v, sl, nx = _leaf(loff + q, r, now, retention_ms, leaves, steps, fprog, consts,
+                                  arenas, h_off, h_start, h_len, fst, keys, idx)
+                lv[q] = v
+                ls[q] = sl
+                if nx < nxt:
+                    nxt = nx
+            # leaf indices in the program are relative to the segment's first leaf
+            res, nxt = _program(r, now, poff, plen, prog, consts, lv, ls, traits, member, vst, sst, nxt)
+            if dry:
+                if res:
+                    kind = 1
+                else:
+                    continue
+            else:
+                old = ((member[r, word] >> bit) & np.uint64(1)) != 0
+                if timedep and nxt < timer[r]:
+                    timer[r] = nxt
+                    b = r >> tblock_shift
+                    if nxt < tblock[b]:
+                        tblock[b] = nxt
+                if res == old:
+                    continue
+                if res:
+                    member[r, word] |= np.uint64(1) << bit
+                    kind = 1
+                else:
+                    member[r, word] &= ~(np.uint64(1) << bit)
+                    kind = 2
+                flipped[i, s] = True
+            if n_out == cap:
+                cap *= 2
+                n_i = np.empty(cap, dtype=np.int64)
+                n_s = np.empty(cap, dtype=np.int64)
+                n_k = np.empty(cap, dtype=np.int8)
+                n_i[:n_out] = out_i[:n_out]
+                n_s[:n_out] = out_s[:n_out]
+                n_k[:n_out] = out_k[:n_out]
+                out_i, out_s, out_k = n_i, n_s, n_k
+            out_i[n_out] = i
+            out_s[n_out] = s
+            out_k[n_out] = kind
+            n_out += 1
+    return out_i[:n_out], out_s[:n_out], out_k[:n_out]
+
+
+@njit(cache=True)
+def _collect_due(timer, tblock, tblock_shift, nrows, now):
+    """Rows whose timer is due (<= now); their timers are reset to 'never' (the caller
+    re-evaluates them, which sets them anew). Block minima are recomputed as it goes."""
+    cap = 256
+    out = np.empty(cap, dtype=np.int64)
+    n = 0
+    bsize = np.int64(1) << tblock_shift
+    nblocks = (nrows + bsize - 1) >> tblock_shift
+    for b in range(nblocks):
+        if tblock[b] > now:
+            continue
+        lo = b * bsize
+        hi = min(lo + bsize, nrows)
+        bmin = INF_MS
+        for r in range(lo, hi):
+            t = timer[r]
+            if t <= now:
+                if n == cap:
+                    cap *= 2
+                    o2 = np.empty(cap, dtype=np.int64)
+                    o2[:n] = out[:n]
+                    out = o2
+                out[n] = r
+                n += 1
+                timer[r] = INF_MS
+            elif t < bmin:
+                bmin = t
+        tblock[b] = bmin
+    return out[:n]
+
+
+@njit(cache=True)
+def _touched(rows_ev, tids, trows, tmask, due, is_known, pos):
+    """Merge event rows (with their type bits), trait rows (with trait bits) and due rows into
+    one unique row list with per-row masks. ``pos`` is scratch of -1s, one per user row,
+    restored to -1 before returning."""
+    n = rows_ev.shape[0] + trows.shape[0] + due.shape[0]
+    rows = np.empty(n, dtype=np.int64)
+    evm = np.zeros(n, dtype=np.uint64)
+    trm = np.zeros(n, dtype=np.uint64)
+    isdue = np.zeros(n, dtype=np.bool_)
+    m = 0
+    for i in range(rows_ev.shape[0]):
+        r = rows_ev[i]
+        p = pos[r]
+        if p < 0:
+            p = m
+            pos[r] = m
+            rows[m] = r
+            m += 1
+        evm[p] |= np.uint64(1) << np.uint64(tids[i] & 63)
+    for i in range(trows.shape[0]):
+        r = trows[i]
+        p = pos[r]
+        if p < 0:
+            p = m
+            pos[r] = m
+            rows[m] = r
+            m += 1
+        trm[p] |= tmask[i]
+    for i in range(due.shape[0]):
+        r = due[i]
+        p = pos[r]
+        if p < 0:
+            p = m
+            pos[r] = m
+            rows[m] = r
+            m += 1
+        isdue[p] = True
+    isnew = np.empty(m, dtype=np.bool_)
+    for i in range(m):
+        isnew[i] = not is_known[rows[i]]
+        pos[rows[i]] = -1
+    return rows[:m], evm[:m], trm[:m], isdue[:m], isnew
