@@ -11,7 +11,6 @@ timer (next possible time-driven change) and, per block of 1024 rows, the timers
 from __future__ import annotations
 
 import numpy as np
-from numba.typed import List
 
 from . import _values as V
 from ._batch import EventColumns, TraitColumns
@@ -46,12 +45,10 @@ class ShardCore:
         self.type_ids: dict[str, int] = {}
         self.type_names: list[str] = []
         self.type_cols: list[dict[str, int]] = []      # per type: property -> arena column
-        self.arenas = List()
-        self.arenas.append(np.zeros((1, 1)))           # typed-list element type; replaced below
-        self.arenas.pop()
         self._tcap = 8
-        self.bump = np.zeros(self._tcap, np.int64)
-        self.used = np.zeros(self._tcap, np.int64)
+        self.width = np.ones(self._tcap, np.int64)      # words per event of each type
+        self.arena = np.empty(1 << 16, np.float64)      # every event of every type
+        self.astate = np.zeros(2, np.int64)             # [bump, used] in words
         # traits
         self.trait_ids: dict[str, int] = {}
         self.trait_names: list[str] = []
@@ -125,13 +122,11 @@ class ShardCore:
             self._widen("h_start", cap, 0, np.uint16)
             self._widen("h_len", cap, 0, np.uint16)
             self._widen("h_cls", cap, 0, np.int8)
-            self.bump = np.concatenate([self.bump, np.zeros(cap - self._tcap, np.int64)])
-            self.used = np.concatenate([self.used, np.zeros(cap - self._tcap, np.int64)])
+            self.width = np.concatenate([self.width, np.ones(cap - self._tcap, np.int64)])
             self._tcap = cap
         self.type_ids[name] = t
         self.type_names.append(name)
         self.type_cols.append({})
-        self.arenas.append(np.zeros((64, 1), np.float64))
         return t
 
     def column(self, t: int, prop: str) -> int:
@@ -139,13 +134,15 @@ class ShardCore:
         c = cols.get(prop)
         if c is not None:
             return c
-        a = self.arenas[t]
-        b = np.empty((a.shape[0], a.shape[1] + 1), np.float64)
-        b[:, : a.shape[1]] = a
-        b[:, a.shape[1]] = 0.0 if prop == VALUE_COLUMN else V.NULL
-        c = a.shape[1]
+        c = int(self.width[t])
+        new_width = self.width.copy()
+        new_width[t] += 1
+        if np.any(self.h_off[: self.nrows, t] >= 0):
+            fill = np.full(self._tcap, V.NULL, np.float64)
+            fill[t] = 0.0 if prop == VALUE_COLUMN else V.NULL
+            self._compact(new_width, fill)
+        self.width = new_width
         cols[prop] = c
-        self.arenas[t] = b
         return c
 
     def trait_col(self, name: str) -> int:
@@ -211,12 +208,12 @@ class ShardCore:
         ts = np.ascontiguousarray(cols.timestamp_ms, dtype=np.int64)
         i = 0
         while True:
-            i, t, need = KS._append(i, rows, tids, ts, vals, src, self.arenas, self.bump, self.used,
-                                    self.h_off, self.h_start, self.h_len, self.h_cls, KS.CAPS,
-                                    cutoff, self.max_per, self.counters)
+            i, need = KS._append(i, rows, tids, ts, vals, src, self.width, self.arena, self.astate,
+                                 self.h_off, self.h_start, self.h_len, self.h_cls, KS.CAPS,
+                                 cutoff, self.max_per, self.counters)
             if i >= n:
                 break
-            self._grow_arena(t, int(need))
+            self._grow_arena(int(need))
         self.events_accepted += n
         delta = self._evaluate(rows, tids, _EMPTY_I64, _EMPTY_U64, now_ms, CAUSE_EVENT)
         self._maybe_compact(now_ms)
@@ -252,36 +249,38 @@ class ShardCore:
         """Fire the timers due at ``now_ms``."""
         return self._evaluate(_EMPTY_I64, _EMPTY_I64, _EMPTY_I64, _EMPTY_U64, now_ms, CAUSE_TIME)
 
-    def _grow_arena(self, t: int, need: int) -> None:
-        a = self.arenas[t]
-        rows = max(a.shape[0] * 2, int(self.bump[t]) + need)
-        b = np.empty((rows, a.shape[1]), np.float64)
-        b[: self.bump[t]] = a[: self.bump[t]]
-        self.arenas[t] = b
+    def _grow_arena(self, need: int) -> None:
+        bump = int(self.astate[0])
+        b = np.empty(max(self.arena.shape[0] * 2, bump + need), np.float64)
+        b[:bump] = self.arena[:bump]
+        self.arena = b
 
-    def _maybe_compact(self, now_ms: int, force: bool = False) -> None:
-        """Rewrite an arena when half of it is holes, and drop expired events from every
-        arena once per eighth of the retention (so idle users' old events are freed)."""
-        sweep = force or self._last_compact_ms is None or now_ms - self._last_compact_ms >= self.retention_ms // 8
+    def _compact(self, new_width=None, fill=None, cutoff: float = -np.inf) -> None:
+        """Rewrite the arena without holes and expired events (and with wider rows for the
+        types whose ``new_width`` grew, their new column set to ``fill``)."""
+        if new_width is None:
+            new_width = self.width
+            fill = np.zeros(self._tcap, np.float64)
+        nt = len(self.type_names)
+        size = KS._compact_size(self.arena, self.nrows, nt, self.width, new_width, self.h_off,
+                                self.h_start, self.h_len, KS.CAPS, cutoff)
+        new = np.empty(max(size + size // 4, 1 << 16), np.float64)
+        used = KS._compact(self.arena, new, self.nrows, nt, self.width, new_width, fill, self.h_off,
+                           self.h_start, self.h_len, self.h_cls, KS.CAPS, cutoff)
+        self.arena = new
+        self.astate[0] = used
+        self.astate[1] = used
+
+    def _maybe_compact(self, now_ms: int) -> None:
+        """Rewrite the arena when half of it is holes, and drop expired events once per
+        eighth of the retention (so idle users' old events are freed)."""
         if self._last_compact_ms is None:
             self._last_compact_ms = now_ms
-            sweep = force
-        if sweep:
+        bump, used = int(self.astate[0]), int(self.astate[1])
+        sweep = now_ms - self._last_compact_ms >= self.retention_ms // 8
+        if sweep or (bump > (1 << 20) and (bump - used) * 2 > bump):
             self._last_compact_ms = now_ms
-        cutoff = float(now_ms - self.retention_ms)
-        for t in range(len(self.type_names)):
-            bump = int(self.bump[t])
-            holes = bump - int(self.used[t])
-            if not (sweep or (bump > 4096 and holes * 2 > bump)):
-                continue
-            a = self.arenas[t]
-            size = KS._compact_size(t, a, self.nrows, self.h_off, self.h_start, self.h_len, KS.CAPS, cutoff)
-            new = np.empty((max(size + size // 4, 64), a.shape[1]), np.float64)
-            b, u = KS._compact(t, a, new, self.nrows, self.h_off, self.h_start, self.h_len, self.h_cls,
-                               KS.CAPS, cutoff)
-            self.arenas[t] = new
-            self.bump[t] = b
-            self.used[t] = u
+            self._compact(cutoff=float(now_ms - self.retention_ms))
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, ev_rows, tids, tr_rows, tmask, now_ms, cause, order=None, force=None,
@@ -305,7 +304,7 @@ class ShardCore:
             force = np.zeros(len(order), np.bool_)
         p = self.plan
         fi, fs, fk = KE._run(rows, evm, trm, isnew, isdue, order, force, dry, p.seg_tab, p.dep_list,
-                             p.prog, p.consts, p.leaves, p.steps, p.fprog, self.arenas, self.h_off,
+                             p.prog, p.consts, p.leaves, p.steps, p.fprog, self.arena, self.width, self.h_off,
                              self.h_start, self.h_len, self.traits, self.member, self.timer,
                              self.tblock, TBLOCK_SHIFT, now_ms, self.retention_ms, self.max_per)
         if dry:
@@ -475,8 +474,8 @@ class ShardCore:
             return DeltaBatch()
         names = [n for n in self.plan.names if (int(self.member[r, self.slots[n] >> 6]) >> (self.slots[n] & 63)) & 1]
         rows = np.full(len(names), r, np.int64)
-        KS._clear_rows(np.array([r], np.int64), len(self.type_names), self.h_off, self.h_start, self.h_len,
-                       self.h_cls, self.used, KS.CAPS)
+        KS._clear_rows(np.array([r], np.int64), len(self.type_names), self.width, self.h_off, self.h_start,
+                       self.h_len, self.h_cls, self.astate, KS.CAPS)
         self.traits[r, :] = V.NULL
         self.member[r, :] = 0
         self.timer[r] = INF_MS
@@ -488,7 +487,7 @@ class ShardCore:
 
     # ------------------------------------------------------------------ introspection
     def retained_events(self) -> int:
-        return int(sum(KS._live_events(t, self.nrows, self.h_off, self.h_len) for t in range(len(self.type_names))))
+        return int(KS._live_events(self.nrows, len(self.type_names), self.h_off, self.h_len))
 
     def stats(self) -> dict:
         return {
@@ -506,7 +505,7 @@ class ShardCore:
         per_user_arrays = (self.known.nbytes + self.h_off.nbytes + self.h_start.nbytes + self.h_len.nbytes
                            + self.h_cls.nbytes + self.traits.nbytes + self.member.nbytes + self.timer.nbytes
                            + self.tblock.nbytes + self._pos.nbytes)
-        events = sum(a.nbytes for a in self.arenas)
+        events = self.arena.nbytes
         return {
             "row_capacity": rows,
             "user_arrays": per_user_arrays,

@@ -25,6 +25,7 @@ import math
 import numpy as np
 from numba import njit
 
+from ._store import _upper_bound
 from ._bits import (K_BOOL, K_NULL, K_NUMBER, K_STRING, bool_value, f2i, haversine_m, i2f,
                     is_true, kind_of, null_value, number_or_null)
 
@@ -48,17 +49,6 @@ MAX_STACK = 64
 @njit(cache=True, inline="always")
 def _min(a, b):
     return a if a < b else b
-
-
-@njit(cache=True)
-def _upper_bound(a, lo, hi, x):
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if a[mid, 0] <= x:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 @njit(cache=True)
@@ -114,21 +104,21 @@ def _cross(a, sa, b, sb, now, nxt):
 
 
 @njit(cache=True)
-def _match(a, k, foff, flen, fprog, consts, st):
-    """Does arena row ``k`` satisfy the filter program ``fprog[foff:foff+flen]``?"""
+def _match(ar, e, foff, flen, fprog, consts, st):
+    """Does the event at word ``e`` satisfy the filter program ``fprog[foff:foff+flen]``?"""
     if flen == 0:
         return True
     sp = 0
     for pc in range(foff, foff + flen):
         op = fprog[pc, 0]
         if op == OP_PROP:
-            st[sp] = a[k, fprog[pc, 1]]
+            st[sp] = ar[e + fprog[pc, 1]]
             sp += 1
         elif op == OP_CONST:
             st[sp] = consts[fprog[pc, 1]]
             sp += 1
         elif op == OP_EXISTS_PROP:
-            v = a[k, fprog[pc, 1]]
+            v = ar[e + fprog[pc, 1]]
             st[sp] = bool_value(kind_of(v) != K_NULL)
             sp += 1
         elif op >= OP_EQ and op <= OP_GE:
@@ -190,18 +180,18 @@ def _between(x, lo, hi):
 
 
 @njit(cache=True)
-def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arenas, h_off, h_start, h_len,
+def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arena, width, h_off, h_start, h_len,
           fst, keys, idx):
     """Value, slope and next discontinuity of leaf ``j`` for user row ``r``."""
     kind = leaves[j, 0]
+    if kind == L_SEQ:
+        return _sequence(j, r, now, leaves, steps, fprog, consts, arena, width, h_off, h_start, h_len, fst)
     t = leaves[j, 1]
     col = leaves[j, 2]
-    w = leaves[j, 3]
+    win = leaves[j, 3]
     foff = leaves[j, 4]
     flen = leaves[j, 5]
     nxt = INF_MS
-    if kind == L_SEQ:
-        return _sequence(j, r, now, leaves, steps, fprog, consts, arenas, h_off, h_start, h_len, fst)
     off = h_off[r, t]
     if off < 0:
         if kind == L_COUNT or kind == L_SUM or kind == L_DISTINCT or kind == L_TOP or kind == L_DAYS:
@@ -209,34 +199,34 @@ def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arenas, h_off, 
         if kind == L_SINCE or kind == L_SINCE_FIRST:
             return np.inf, 0.0, nxt
         return null_value(), 0.0, nxt
-    a = arenas[t]
-    base = off + np.int64(h_start[r, t])
+    w = width[t]
+    base = np.int64(h_start[r, t])
     end = base + np.int64(h_len[r, t])
-    hi = _upper_bound(a, base, end, float(now))
+    hi = _upper_bound(arena, off, w, base, end, float(now))
     if hi < end:
-        nxt = np.int64(a[hi, 0])
+        nxt = np.int64(arena[off + hi * w])
 
     if kind == L_SINCE:
-        lo = _upper_bound(a, base, hi, float(now - retention_ms))
+        lo = _upper_bound(arena, off, w, base, hi, float(now - retention_ms))
         k = hi - 1
         while k >= lo:
-            if _match(a, k, foff, flen, fprog, consts, fst):
-                tk = np.int64(a[k, 0])
+            if _match(arena, off + k * w, foff, flen, fprog, consts, fst):
+                tk = np.int64(arena[off + k * w])
                 return float(now - tk), 1.0, _min(nxt, tk + retention_ms)
             k -= 1
         return np.inf, 0.0, nxt
     if kind == L_SINCE_FIRST:
-        lo = _upper_bound(a, base, hi, float(now - retention_ms))
+        lo = _upper_bound(arena, off, w, base, hi, float(now - retention_ms))
         for k in range(lo, hi):
-            if _match(a, k, foff, flen, fprog, consts, fst):
-                tk = np.int64(a[k, 0])
+            if _match(arena, off + k * w, foff, flen, fprog, consts, fst):
+                tk = np.int64(arena[off + k * w])
                 return float(now - tk), 1.0, _min(nxt, tk + retention_ms)
         return np.inf, 0.0, nxt
 
-    lo = _upper_bound(a, base, hi, float(now - w))
+    lo = _upper_bound(arena, off, w, base, hi, float(now - win))
     if kind == L_COUNT and flen == 0:
         if hi > lo:
-            nxt = _min(nxt, np.int64(a[lo, 0]) + w)
+            nxt = _min(nxt, np.int64(arena[off + lo * w]) + win)
         return float(hi - lo), 0.0, nxt
 
     first = -1
@@ -248,20 +238,21 @@ def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arenas, h_off, 
     last_day = -1
     nk = 0
     for k in range(lo, hi):
-        if not _match(a, k, foff, flen, fprog, consts, fst):
+        e = off + k * w
+        if flen != 0 and not _match(arena, e, foff, flen, fprog, consts, fst):
             continue
         if first < 0:
-            first = k
+            first = e
         cnt += 1
         if kind == L_COUNT:
             continue
         if kind == L_DAYS:
-            d = np.int64(a[k, 0]) // DAY_MS
+            d = np.int64(arena[e]) // DAY_MS
             if d != last_day:
                 days += 1
                 last_day = d
             continue
-        v = a[k, col]
+        v = arena[e + col]
         if kind == L_SUM or kind == L_AVG or kind == L_MIN or kind == L_MAX:
             if v == v:
                 if nnum == 0:
@@ -278,7 +269,7 @@ def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arenas, h_off, 
                 idx[nk] = k
                 nk += 1
     if first >= 0:
-        nxt = _min(nxt, np.int64(a[first, 0]) + w)
+        nxt = _min(nxt, np.int64(arena[first]) + win)
     if kind == L_COUNT:
         return float(cnt), 0.0, nxt
     if kind == L_DAYS:
@@ -293,25 +284,25 @@ def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arenas, h_off, 
         if nnum == 0:
             return null_value(), 0.0, nxt
         return best, 0.0, nxt
-    # value-frequency aggregates
+    # value-frequency aggregates over the collected (value bits, event index) pairs
     if nk == 0:
         if kind == L_AFF:
             return null_value(), 0.0, nxt
         return 0.0, 0.0, nxt
-    order = np.argsort(keys[:nk], kind="mergesort")
+    _sort_pairs(keys, idx, nk)
     runs = 0
     top = 0
-    top_key = 0
+    top_key = np.int64(0)
     top_last = -1
     i = 0
     while i < nk:
-        key = keys[order[i]]
+        key = keys[i]
         run = 0
         last = -1
-        while i < nk and keys[order[i]] == key:
+        while i < nk and keys[i] == key:
             run += 1
-            if idx[order[i]] > last:
-                last = idx[order[i]]
+            if idx[i] > last:
+                last = idx[i]
             i += 1
         runs += 1
         if run > top or (run == top and last > top_last):
@@ -326,12 +317,51 @@ def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arenas, h_off, 
 
 
 @njit(cache=True)
-def _sequence(j, r, now, leaves, steps, fprog, consts, arenas, h_off, h_start, h_len, fst):
-    w = leaves[j, 3]
+def _sort_pairs(keys, idx, n):
+    """Sort ``keys[:n]`` (carrying ``idx``) in place, without allocating: insertion sort
+    for short runs (the usual window), heap sort beyond."""
+    if n <= 32:
+        for i in range(1, n):
+            k = keys[i]
+            v = idx[i]
+            j = i - 1
+            while j >= 0 and keys[j] > k:
+                keys[j + 1] = keys[j]
+                idx[j + 1] = idx[j]
+                j -= 1
+            keys[j + 1] = k
+            idx[j + 1] = v
+        return
+    for start in range((n - 2) // 2, -1, -1):
+        _sift(keys, idx, start, n)
+    for end in range(n - 1, 0, -1):
+        keys[0], keys[end] = keys[end], keys[0]
+        idx[0], idx[end] = idx[end], idx[0]
+        _sift(keys, idx, 0, end)
+
+
+@njit(cache=True)
+def _sift(keys, idx, root, n):
+    while True:
+        child = 2 * root + 1
+        if child >= n:
+            return
+        if child + 1 < n and keys[child + 1] > keys[child]:
+            child += 1
+        if keys[root] >= keys[child]:
+            return
+        keys[root], keys[child] = keys[child], keys[root]
+        idx[root], idx[child] = idx[child], idx[root]
+        root = child
+
+
+@njit(cache=True)
+def _sequence(j, r, now, leaves, steps, fprog, consts, arena, width, h_off, h_start, h_len, fst):
+    win = leaves[j, 3]
     soff = leaves[j, 6]
     slen = leaves[j, 7]
     nxt = INF_MS
-    lower = float(now - w)  # exclusive bound for the next step's timestamp
+    lower = float(now - win)  # exclusive bound for the next step's timestamp
     ok = True
     for s in range(soff, soff + slen):
         t = steps[s, 0]
@@ -339,23 +369,23 @@ def _sequence(j, r, now, leaves, steps, fprog, consts, arenas, h_off, h_start, h
         if off < 0:
             ok = False
             continue
-        a = arenas[t]
-        base = off + np.int64(h_start[r, t])
+        w = width[t]
+        base = np.int64(h_start[r, t])
         end = base + np.int64(h_len[r, t])
-        hi = _upper_bound(a, base, end, float(now))
-        lo_w = _upper_bound(a, base, hi, float(now - w))
+        hi = _upper_bound(arena, off, w, base, end, float(now))
+        lo_w = _upper_bound(arena, off, w, base, hi, float(now - win))
         if hi < end:
-            nxt = _min(nxt, np.int64(a[hi, 0]))
+            nxt = _min(nxt, np.int64(arena[off + hi * w]))
         if lo_w < hi:
-            nxt = _min(nxt, np.int64(a[lo_w, 0]) + w)
+            nxt = _min(nxt, np.int64(arena[off + lo_w * w]) + win)
         if not ok:
             continue
-        k = _upper_bound(a, lo_w, hi, lower)
+        k = _upper_bound(arena, off, w, lo_w, hi, lower)
         found = False
         while k < hi:
-            if _match(a, k, steps[s, 1], steps[s, 2], fprog, consts, fst):
+            if _match(arena, off + k * w, steps[s, 1], steps[s, 2], fprog, consts, fst):
                 found = True
-                lower = a[k, 0]
+                lower = arena[off + k * w]
                 break
             k += 1
         if not found:
@@ -503,7 +533,7 @@ def _program(r, now, poff, plen, prog, consts, lv, ls, traits, member, vst, sst,
 @njit(cache=True)
 def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
          seg_tab, dep_list, prog, consts, leaves, steps, fprog,
-         arenas, h_off, h_start, h_len, traits, member, timer, tblock, tblock_shift,
+         arena, width, h_off, h_start, h_len, traits, member, timer, tblock, tblock_shift,
          now, retention_ms, max_per):
     """Evaluate segments ``order`` (plan indices, dependencies first) for user rows ``rows``.
 
@@ -512,12 +542,14 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
     the row's touched event types / traits meet the segment's, when the row's timer fired and
     the segment depends on time, or when a segment it references flipped for that row.
 
-    Returns flips as (row list index, plan index, kind 1=ENTER/2=EXIT), count. In ``dry``
-    mode nothing is written and every row where the segment holds is returned as ENTER.
+    Row-major: each user is evaluated for every segment before the next user, so its event
+    lists, traits and bits stay in cache. Returns flips as (row list index, plan index, kind
+    1=ENTER/2=EXIT). In ``dry`` mode nothing is written and every row where the segment holds
+    is returned as ENTER.
     """
     m = rows.shape[0]
     nseg = seg_tab.shape[0]
-    flipped = np.zeros((m, nseg), dtype=np.bool_)
+    flipped = np.zeros(nseg, dtype=np.bool_)
     cap = 1024
     out_i = np.empty(cap, dtype=np.int64)
     out_s = np.empty(cap, dtype=np.int64)
@@ -534,53 +566,45 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
     fst = np.empty(MAX_STACK, dtype=np.float64)
     keys = np.empty(max_per + 1, dtype=np.int64)
     idx = np.empty(max_per + 1, dtype=np.int64)
-    for oi in range(order.shape[0]):
-        s = order[oi]
-        poff = seg_tab[s, 0]
-        plen = seg_tab[s, 1]
-        loff = seg_tab[s, 2]
-        llen = seg_tab[s, 3]
-        slot = seg_tab[s, 4]
-        sev = np.uint64(seg_tab[s, 5])
-        str_ = np.uint64(seg_tab[s, 6])
-        timedep = seg_tab[s, 7] != 0
-        doff = seg_tab[s, 8]
-        dlen = seg_tab[s, 9]
-        word = slot >> 6
-        bit = np.uint64(slot & 63)
-        for i in range(m):
-            need = force[oi] or is_new[i] or (evmask[i] & sev) != 0 or (trmask[i] & str_) != 0 \
-                or (is_due[i] and timedep)
-            if not need:
-                for d in range(doff, doff + dlen):
-                    if flipped[i, dep_list[d]]:
+    for i in range(m):
+        r = rows[i]
+        any_flip = False
+        tmin = INF_MS
+        for oi in range(order.shape[0]):
+            s = order[oi]
+            timedep = seg_tab[s, 7] != 0
+            need = force[oi] or is_new[i] or (evmask[i] & np.uint64(seg_tab[s, 5])) != 0 \
+                or (trmask[i] & np.uint64(seg_tab[s, 6])) != 0 or (is_due[i] and timedep)
+            if not need and any_flip:
+                for d in range(seg_tab[s, 8], seg_tab[s, 8] + seg_tab[s, 9]):
+                    if flipped[dep_list[d]]:
                         need = True
                         break
             if not need:
                 continue
-            r = rows[i]
+            loff = seg_tab[s, 2]
             nxt = INF_MS
-            for q in range(llen):
+            for q in range(seg_tab[s, 3]):
                 v, sl, nx = _leaf(loff + q, r, now, retention_ms, leaves, steps, fprog, consts,
-                                  arenas, h_off, h_start, h_len, fst, keys, idx)
+                                  arena, width, h_off, h_start, h_len, fst, keys, idx)
                 lv[q] = v
                 ls[q] = sl
                 if nx < nxt:
                     nxt = nx
             # leaf indices in the program are relative to the segment's first leaf
-            res, nxt = _program(r, now, poff, plen, prog, consts, lv, ls, traits, member, vst, sst, nxt)
+            res, nxt = _program(r, now, seg_tab[s, 0], seg_tab[s, 1], prog, consts, lv, ls, traits,
+                                member, vst, sst, nxt)
             if dry:
-                if res:
-                    kind = 1
-                else:
+                if not res:
                     continue
+                kind = 1
             else:
+                if timedep and nxt < tmin:
+                    tmin = nxt
+                slot = seg_tab[s, 4]
+                word = slot >> 6
+                bit = np.uint64(slot & 63)
                 old = ((member[r, word] >> bit) & np.uint64(1)) != 0
-                if timedep and nxt < timer[r]:
-                    timer[r] = nxt
-                    b = r >> tblock_shift
-                    if nxt < tblock[b]:
-                        tblock[b] = nxt
                 if res == old:
                     continue
                 if res:
@@ -589,7 +613,10 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
                 else:
                     member[r, word] &= ~(np.uint64(1) << bit)
                     kind = 2
-                flipped[i, s] = True
+                if not any_flip:
+                    flipped[:] = False
+                    any_flip = True
+                flipped[s] = True
             if n_out == cap:
                 cap *= 2
                 n_i = np.empty(cap, dtype=np.int64)
@@ -603,6 +630,11 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
             out_s[n_out] = s
             out_k[n_out] = kind
             n_out += 1
+        if tmin < timer[r]:
+            timer[r] = tmin
+            b = r >> tblock_shift
+            if tmin < tblock[b]:
+                tblock[b] = tmin
     return out_i[:n_out], out_s[:n_out], out_k[:n_out]
 
 

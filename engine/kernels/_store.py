@@ -1,19 +1,21 @@
 """Event storage kernels.
 
-Layout (per shard):
-- one arena per event type ``t``: a float64 matrix ``[capacity, 1 + ncols_t]``. Column 0 is
-  the timestamp (integer ms are exact in float64 up to 2**53), the others are boxed property
-  values (the event's ``value`` is a column like any other, created the first time a non-zero
-  value or a segment needs it). One event is one contiguous arena row.
-- per (user row, type) a block of the arena: ``h_off`` (first arena row, -1 = none),
-  ``h_start`` (offset of the oldest live event inside the block), ``h_len`` (live events) and
-  ``h_cls`` (capacity class, capacity ``CAPS[cls]``). Live events ``[off+start, off+start+len)``
-  are sorted by timestamp, equal timestamps in arrival order.
-- Blocks are bump-allocated; a block that outgrows its class moves to a new, larger block and
-  leaves a hole. ``compact`` rewrites an arena without holes and without expired events.
+Layout (per shard): one flat float64 **arena** holds every event of every type. An event of
+type ``t`` is ``width[t]`` consecutive words: the timestamp (integer ms are exact in float64
+up to 2**53), then the boxed property values of that type's columns (the event's ``value`` is
+a column like any other, created the first time a non-zero value or a segment needs it).
 
-Every kernel that may need more arena rows stops and reports it; the Python owner grows the
-arena and calls again from where it stopped, so kernels never allocate shared state.
+Per (user row, type) a block of the arena: ``h_off`` (first word, -1 = none), ``h_start``
+(index of the oldest live event in the block), ``h_len`` (live events) and ``h_cls``
+(capacity class: ``CAPS[cls]`` events). Live events ``start .. start+len-1`` are sorted by
+timestamp, equal timestamps in arrival order. Event ``k`` of a block starts at word
+``off + k * width``.
+
+Blocks are bump-allocated; a block that outgrows its class moves to a larger one and leaves a
+hole; ``_compact`` rewrites the arena without holes and without expired events. A kernel that
+needs more arena stops and says so; the Python owner grows the arena and calls again from
+where it stopped, so kernels never reallocate shared state. (One flat array instead of one
+array per type: Numba's typed-list item access costs ~150 ns, an array index ~5 ns.)
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ from numba import njit
 
 from ._bits import null_value
 
+CAPS = np.array([1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768,
+                 1024, 1536, 2048, 3072, 4096, 6144], dtype=np.int64)
 # Capacity classes grow by ~1.4x, so blocks are ~80 % full on average. The last class is 1.5x
 # the per-type limit, so a list at the limit re-bases (moves its live events to the block
 # start) only once every 2048 appends.
-CAPS = np.array([1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768,
-                 1024, 1536, 2048, 3072, 4096, 6144], dtype=np.int64)
 SRC_NULL = -1   # column absent from the batch: null
 SRC_ZERO = -2   # the value column absent from the batch: 0.0
 
@@ -41,11 +43,11 @@ def _class_for(caps, n):
 
 
 @njit(cache=True)
-def _upper_bound(a, lo, hi, x):
-    """First index in [lo, hi) of arena ``a`` whose timestamp is > x."""
+def _upper_bound(ar, off, w, lo, hi, x):
+    """First event index in [lo, hi) of the block at ``off`` whose timestamp is > x."""
     while lo < hi:
         mid = (lo + hi) >> 1
-        if a[mid, 0] <= x:
+        if ar[off + mid * w] <= x:
             lo = mid + 1
         else:
             hi = mid
@@ -53,31 +55,31 @@ def _upper_bound(a, lo, hi, x):
 
 
 @njit(cache=True)
-def _append(start_i, rows, tids, ts, vals, src, arenas, bump, used, h_off, h_start, h_len, h_cls,
+def _append(start_i, rows, tids, ts, vals, src, width, arena, state, h_off, h_start, h_len, h_cls,
             caps, cutoff, max_per, stats):
-    """Insert events ``start_i..`` (sorted by time within each user list).
+    """Insert events ``start_i..`` into their users' lists.
 
-    ``vals`` is the batch's boxed column matrix ``[n, B]``; ``src[t, k]`` names the batch
-    column feeding arena column ``k`` of type ``t`` (or SRC_NULL / SRC_ZERO).
-    Events with ``ts <= cutoff`` are expired: they are removed from the front of a list
-    before inserting. Returns ``(i, t, rows_needed)``: ``i == n`` when done, else the
-    arena of type ``t`` needs ``rows_needed`` more free rows before event ``i`` can go in.
-    ``stats[0]`` counts events dropped at the per-type limit.
+    ``vals`` is the batch's boxed column matrix ``[n, B]``; ``src[t, c]`` names the batch
+    column feeding column ``c`` of type ``t`` (or SRC_NULL / SRC_ZERO). Events with
+    ``ts <= cutoff`` are expired and removed from the front of a list before inserting.
+    ``state`` = [bump, used] in words. Returns ``(i, words_needed)``: ``i == n`` when done,
+    else the arena needs ``words_needed`` more free words before event ``i`` can go in.
+    ``stats[0]`` counts events dropped at the per-type limit, ``stats[1]`` events stored.
     """
     n = rows.shape[0]
     last_cls = caps.shape[0] - 1
+    size = arena.shape[0]
     for i in range(start_i, n):
         r = rows[i]
         t = tids[i]
-        a = arenas[t]
-        width = a.shape[1]
+        w = width[t]
         off = h_off[r, t]
         if off < 0:
-            if bump[t] + caps[0] > a.shape[0]:
-                return i, t, caps[0]
-            off = bump[t]
-            bump[t] += caps[0]
-            used[t] += caps[0]
+            if state[0] + caps[0] * w > size:
+                return i, caps[0] * w
+            off = state[0]
+            state[0] += caps[0] * w
+            state[1] += caps[0] * w
             h_off[r, t] = off
             h_start[r, t] = 0
             h_len[r, t] = 0
@@ -86,7 +88,7 @@ def _append(start_i, rows, tids, ts, vals, src, arenas, bump, used, h_off, h_sta
         ln = np.int64(h_len[r, t])
         cl = np.int64(h_cls[r, t])
         cap = caps[cl]
-        while ln > 0 and a[off + st, 0] <= cutoff:
+        while ln > 0 and arena[off + st * w] <= cutoff:
             st += 1
             ln -= 1
         if ln == 0:
@@ -94,129 +96,137 @@ def _append(start_i, rows, tids, ts, vals, src, arenas, bump, used, h_off, h_sta
         x = float(ts[i])
         if ln >= max_per:
             stats[0] += 1
-            if x < a[off + st, 0]:
+            if x < arena[off + st * w]:
                 h_start[r, t] = st
                 h_len[r, t] = ln
                 continue
             st += 1
             ln -= 1
         if st + ln == cap:
-            if st >= cap // 4 or cl == last_cls:
-                for k in range(ln):
-                    for c in range(width):
-                        a[off + k, c] = a[off + st + k, c]
+            if st > 0 and (st >= (cap >> 2) or cl == last_cls):
+                for q in range(ln * w):
+                    arena[off + q] = arena[off + st * w + q]
                 st = 0
             else:
                 ncl = cl + 1
                 ncap = caps[ncl]
-                if bump[t] + ncap > a.shape[0]:
+                if state[0] + ncap * w > size:
                     h_start[r, t] = st
                     h_len[r, t] = ln
-                    return i, t, ncap
-                noff = bump[t]
-                bump[t] += ncap
-                used[t] += ncap - cap
-                for k in range(ln):
-                    for c in range(width):
-                        a[noff + k, c] = a[off + st + k, c]
+                    return i, ncap * w
+                noff = state[0]
+                state[0] += ncap * w
+                state[1] += (ncap - cap) * w
+                for q in range(ln * w):
+                    arena[noff + q] = arena[off + st * w + q]
                 off = noff
                 st = 0
                 cl = ncl
                 h_off[r, t] = off
                 h_cls[r, t] = cl
-        base = off + st
-        if ln == 0 or a[base + ln - 1, 0] <= x:
-            p = base + ln
+        if ln == 0 or arena[off + (st + ln - 1) * w] <= x:
+            p = st + ln
         else:
-            p = _upper_bound(a, base, base + ln, x)
-            k = base + ln
-            while k > p:
-                for c in range(width):
-                    a[k, c] = a[k - 1, c]
-                k -= 1
-        a[p, 0] = x
-        for c in range(1, width):
+            p = _upper_bound(arena, off, w, st, st + ln, x)
+            q = off + (st + ln + 1) * w - 1
+            stop = off + (p + 1) * w - 1
+            while q > stop:
+                arena[q] = arena[q - w]
+                q -= 1
+        base = off + p * w
+        arena[base] = x
+        for c in range(1, w):
             s = src[t, c]
             if s >= 0:
-                a[p, c] = vals[i, s]
+                arena[base + c] = vals[i, s]
             elif s == SRC_ZERO:
-                a[p, c] = 0.0
+                arena[base + c] = 0.0
             else:
-                a[p, c] = null_value()
+                arena[base + c] = null_value()
         h_start[r, t] = st
         h_len[r, t] = ln + 1
         stats[1] += 1
-    return n, -1, 0
+    return n, 0
 
 
 @njit(cache=True)
-def _compact(t, old, new, nrows, h_off, h_start, h_len, h_cls, caps, cutoff):
-    """Copy every live, retained list of type ``t`` from ``old`` into ``new`` (sized by the
-    caller to hold them), in row order with tight capacity classes. Returns (bump, used)."""
-    width = old.shape[1]
+def _compact(old, new, nrows, ntypes, width, new_width, fill, h_off, h_start, h_len, h_cls, caps, cutoff):
+    """Copy every live, retained list from ``old`` into ``new`` (sized by ``_compact_size``),
+    row by row with tight capacity classes. A type whose ``new_width`` is larger than its
+    ``width`` gets its new columns filled with ``fill[t]``. Returns the words used."""
     b = 0
     for r in range(nrows):
-        off = h_off[r, t]
-        if off < 0:
-            continue
-        st = np.int64(h_start[r, t])
-        ln = np.int64(h_len[r, t])
-        while ln > 0 and old[off + st, 0] <= cutoff:
-            st += 1
-            ln -= 1
-        if ln == 0:
-            h_off[r, t] = -1
+        for t in range(ntypes):
+            off = h_off[r, t]
+            if off < 0:
+                continue
+            w = width[t]
+            nw = new_width[t]
+            st = np.int64(h_start[r, t])
+            ln = np.int64(h_len[r, t])
+            while ln > 0 and old[off + st * w] <= cutoff:
+                st += 1
+                ln -= 1
+            if ln == 0:
+                h_off[r, t] = -1
+                h_start[r, t] = 0
+                h_len[r, t] = 0
+                h_cls[r, t] = 0
+                continue
+            cl = _class_for(caps, ln)
+            for k in range(ln):
+                src = off + (st + k) * w
+                dst = b + k * nw
+                for c in range(w):
+                    new[dst + c] = old[src + c]
+                for c in range(w, nw):
+                    new[dst + c] = fill[t]
+            h_off[r, t] = b
             h_start[r, t] = 0
-            h_len[r, t] = 0
-            h_cls[r, t] = 0
-            continue
-        cl = _class_for(caps, ln)
-        for k in range(ln):
-            for c in range(width):
-                new[b + k, c] = old[off + st + k, c]
-        h_off[r, t] = b
-        h_start[r, t] = 0
-        h_len[r, t] = ln
-        h_cls[r, t] = cl
-        b += caps[cl]
-    return b, b
+            h_len[r, t] = ln
+            h_cls[r, t] = cl
+            b += caps[cl] * nw
+    return b
 
 
 @njit(cache=True)
-def _compact_size(t, old, nrows, h_off, h_start, h_len, caps, cutoff):
-    """Arena rows ``_compact`` will need for type ``t``."""
+def _compact_size(old, nrows, ntypes, width, new_width, h_off, h_start, h_len, caps, cutoff):
+    """Words ``_compact`` will need."""
     total = 0
     for r in range(nrows):
-        off = h_off[r, t]
-        if off < 0:
-            continue
-        st = np.int64(h_start[r, t])
-        ln = np.int64(h_len[r, t])
-        while ln > 0 and old[off + st, 0] <= cutoff:
-            st += 1
-            ln -= 1
-        if ln > 0:
-            total += caps[_class_for(caps, ln)]
+        for t in range(ntypes):
+            off = h_off[r, t]
+            if off < 0:
+                continue
+            w = width[t]
+            st = np.int64(h_start[r, t])
+            ln = np.int64(h_len[r, t])
+            while ln > 0 and old[off + st * w] <= cutoff:
+                st += 1
+                ln -= 1
+            if ln > 0:
+                total += caps[_class_for(caps, ln)] * new_width[t]
     return total
 
 
 @njit(cache=True)
-def _live_events(t, nrows, h_off, h_len):
+def _live_events(nrows, ntypes, h_off, h_len):
     total = 0
     for r in range(nrows):
-        if h_off[r, t] >= 0:
-            total += h_len[r, t]
+        for t in range(ntypes):
+            if h_off[r, t] >= 0:
+                total += h_len[r, t]
     return total
 
 
 @njit(cache=True)
-def _clear_rows(rows, ntypes, h_off, h_start, h_len, h_cls, used, caps):
+def _clear_rows(rows, ntypes, width, h_off, h_start, h_len, h_cls, state, caps):
     """Forget every event of the given rows (their blocks become holes)."""
     for i in range(rows.shape[0]):
         r = rows[i]
         for t in range(ntypes):
             if h_off[r, t] >= 0:
-                used[t] -= caps[h_cls[r, t]]
+                state[1] -= caps[h_cls[r, t]] * width[t]
                 h_off[r, t] = -1
                 h_start[r, t] = 0
                 h_len[r, t] = 0
