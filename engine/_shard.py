@@ -45,7 +45,7 @@ class ShardCore:
         self.type_ids: dict[str, int] = {}
         self.type_names: list[str] = []
         self.type_cols: list[dict[str, int]] = []      # per type: property -> arena column
-        self._tcap = 8
+        self._tcap = 2
         self.width = np.ones(self._tcap, np.int64)      # words per event of each type
         self.arena = np.empty(1 << 16, np.float64)      # every event of every type
         self.astate = np.zeros(2, np.int64)             # [bump, used] in words
@@ -78,10 +78,7 @@ class ShardCore:
 
         g = lambda name: getattr(self, name, None)
         self.known = grow(g("known"), cap, False, np.bool_)
-        self.h_off = grow(g("h_off"), (cap, self._tcap), -1, np.int64)
-        self.h_start = grow(g("h_start"), (cap, self._tcap), 0, np.uint16)
-        self.h_len = grow(g("h_len"), (cap, self._tcap), 0, np.uint16)
-        self.h_cls = grow(g("h_cls"), (cap, self._tcap), 0, np.int8)
+        self.h = grow(g("h"), (cap, self._tcap), KS.NO_BLOCK, np.int64)
         self.traits = grow(g("traits"), (cap, self._ccap), V.NULL, np.float64)
         self.member = grow(g("member"), (cap, self._wcap), 0, np.uint64)
         self.timer = grow(g("timer"), cap, INF_MS, np.int64)
@@ -97,7 +94,7 @@ class ShardCore:
         if n > self._rcap:
             cap = self._rcap
             while cap < n:
-                cap *= 2
+                cap += cap // 2
             self._alloc_rows(cap)
 
     def _widen(self, name: str, new_cols: int, fill, dtype) -> None:
@@ -117,11 +114,8 @@ class ShardCore:
             return t
         t = len(self.type_names)
         if t >= self._tcap:
-            cap = self._tcap * 2
-            self._widen("h_off", cap, -1, np.int64)
-            self._widen("h_start", cap, 0, np.uint16)
-            self._widen("h_len", cap, 0, np.uint16)
-            self._widen("h_cls", cap, 0, np.int8)
+            cap = self._tcap + 2  # types are few: grow headers (8 bytes per user each) slowly
+            self._widen("h", cap, KS.NO_BLOCK, np.int64)
             self.width = np.concatenate([self.width, np.ones(cap - self._tcap, np.int64)])
             self._tcap = cap
         self.type_ids[name] = t
@@ -137,7 +131,7 @@ class ShardCore:
         c = int(self.width[t])
         new_width = self.width.copy()
         new_width[t] += 1
-        if np.any(self.h_off[: self.nrows, t] >= 0):
+        if np.any(self.h[: self.nrows, t] != KS.NO_BLOCK):
             fill = np.full(self._tcap, V.NULL, np.float64)
             fill[t] = 0.0 if prop == VALUE_COLUMN else V.NULL
             self._compact(new_width, fill)
@@ -209,8 +203,7 @@ class ShardCore:
         i = 0
         while True:
             i, need = KS._append(i, rows, tids, ts, vals, src, self.width, self.arena, self.astate,
-                                 self.h_off, self.h_start, self.h_len, self.h_cls, KS.CAPS,
-                                 cutoff, self.max_per, self.counters)
+                                 self.h, KS.CAPS, cutoff, self.max_per, self.counters)
             if i >= n:
                 break
             self._grow_arena(int(need))
@@ -262,11 +255,9 @@ class ShardCore:
             new_width = self.width
             fill = np.zeros(self._tcap, np.float64)
         nt = len(self.type_names)
-        size = KS._compact_size(self.arena, self.nrows, nt, self.width, new_width, self.h_off,
-                                self.h_start, self.h_len, KS.CAPS, cutoff)
+        size = KS._compact_size(self.arena, self.nrows, nt, self.width, new_width, self.h, KS.CAPS, cutoff)
         new = np.empty(max(size + size // 4, 1 << 16), np.float64)
-        used = KS._compact(self.arena, new, self.nrows, nt, self.width, new_width, fill, self.h_off,
-                           self.h_start, self.h_len, self.h_cls, KS.CAPS, cutoff)
+        used = KS._compact(self.arena, new, self.nrows, nt, self.width, new_width, fill, self.h, KS.CAPS, cutoff)
         self.arena = new
         self.astate[0] = used
         self.astate[1] = used
@@ -304,8 +295,7 @@ class ShardCore:
             force = np.zeros(len(order), np.bool_)
         p = self.plan
         fi, fs, fk = KE._run(rows, evm, trm, isnew, isdue, order, force, dry, p.seg_tab, p.dep_list,
-                             p.prog, p.consts, p.leaves, p.steps, p.fprog, self.arena, self.width, self.h_off,
-                             self.h_start, self.h_len, self.traits, self.member, self.timer,
+                             p.prog, p.consts, p.leaves, p.steps, p.fprog, self.arena, self.width, self.h, self.traits, self.member, self.timer,
                              self.tblock, TBLOCK_SHIFT, now_ms, self.retention_ms, self.max_per)
         if dry:
             return rows[fi]
@@ -474,8 +464,7 @@ class ShardCore:
             return DeltaBatch()
         names = [n for n in self.plan.names if (int(self.member[r, self.slots[n] >> 6]) >> (self.slots[n] & 63)) & 1]
         rows = np.full(len(names), r, np.int64)
-        KS._clear_rows(np.array([r], np.int64), len(self.type_names), self.width, self.h_off, self.h_start,
-                       self.h_len, self.h_cls, self.astate, KS.CAPS)
+        KS._clear_rows(np.array([r], np.int64), len(self.type_names), self.width, self.h, self.astate, KS.CAPS)
         self.traits[r, :] = V.NULL
         self.member[r, :] = 0
         self.timer[r] = INF_MS
@@ -487,7 +476,7 @@ class ShardCore:
 
     # ------------------------------------------------------------------ introspection
     def retained_events(self) -> int:
-        return int(KS._live_events(self.nrows, len(self.type_names), self.h_off, self.h_len))
+        return int(KS._live_events(self.nrows, len(self.type_names), self.h))
 
     def stats(self) -> dict:
         return {
@@ -502,8 +491,7 @@ class ShardCore:
     def memory(self) -> dict:
         """Bytes held, by part. ``per_user`` parts scale with users, ``events`` with events."""
         rows = self._rcap
-        per_user_arrays = (self.known.nbytes + self.h_off.nbytes + self.h_start.nbytes + self.h_len.nbytes
-                           + self.h_cls.nbytes + self.traits.nbytes + self.member.nbytes + self.timer.nbytes
+        per_user_arrays = (self.known.nbytes + self.h.nbytes + self.traits.nbytes + self.member.nbytes + self.timer.nbytes
                            + self.tblock.nbytes + self._pos.nbytes)
         events = self.arena.nbytes
         return {

@@ -5,11 +5,12 @@ type ``t`` is ``width[t]`` consecutive words: the timestamp (integer ms are exac
 up to 2**53), then the boxed property values of that type's columns (the event's ``value`` is
 a column like any other, created the first time a non-zero value or a segment needs it).
 
-Per (user row, type) a block of the arena: ``h_off`` (first word, -1 = none), ``h_start``
-(index of the oldest live event in the block), ``h_len`` (live events) and ``h_cls``
-(capacity class: ``CAPS[cls]`` events). Live events ``start .. start+len-1`` are sorted by
-timestamp, equal timestamps in arrival order. Event ``k`` of a block starts at word
-``off + k * width``.
+Per (user row, type) a block of the arena, described by one packed int64 header ``h[r, t]``
+(-1 = no block): ``off`` (first word, 33 bits), ``start`` (index of the oldest live event in
+the block, 13 bits), ``len`` (live events, 13 bits) and ``cls`` (capacity class: ``CAPS[cls]``
+events, 5 bits). One word per list keeps all of a user's headers in one cache line. Live
+events ``start .. start+len-1`` are sorted by timestamp, equal timestamps in arrival order.
+Event ``k`` of a block starts at word ``off + k * width``.
 
 Blocks are bump-allocated; a block that outgrows its class moves to a larger one and leaves a
 hole; ``_compact`` rewrites the arena without holes and without expired events. A kernel that
@@ -34,6 +35,34 @@ SRC_NULL = -1   # column absent from the batch: null
 SRC_ZERO = -2   # the value column absent from the batch: 0.0
 
 
+NO_BLOCK = -1
+
+
+@njit(cache=True, inline="always")
+def h_pack(off, start, ln, cls):
+    return (off << 31) | (cls << 26) | (start << 13) | ln
+
+
+@njit(cache=True, inline="always")
+def h_off(h):
+    return h >> 31
+
+
+@njit(cache=True, inline="always")
+def h_start(h):
+    return (h >> 13) & 0x1FFF
+
+
+@njit(cache=True, inline="always")
+def h_len(h):
+    return h & 0x1FFF
+
+
+@njit(cache=True, inline="always")
+def h_cls(h):
+    return (h >> 26) & 0x1F
+
+
 @njit(cache=True)
 def _class_for(caps, n):
     c = 0
@@ -42,7 +71,7 @@ def _class_for(caps, n):
     return c
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _upper_bound(ar, off, w, lo, hi, x):
     """First event index in [lo, hi) of the block at ``off`` whose timestamp is > x."""
     while lo < hi:
@@ -55,8 +84,7 @@ def _upper_bound(ar, off, w, lo, hi, x):
 
 
 @njit(cache=True)
-def _append(start_i, rows, tids, ts, vals, src, width, arena, state, h_off, h_start, h_len, h_cls,
-            caps, cutoff, max_per, stats):
+def _append(start_i, rows, tids, ts, vals, src, width, arena, state, h, caps, cutoff, max_per, stats):
     """Insert events ``start_i..`` into their users' lists.
 
     ``vals`` is the batch's boxed column matrix ``[n, B]``; ``src[t, c]`` names the batch
@@ -73,20 +101,22 @@ def _append(start_i, rows, tids, ts, vals, src, width, arena, state, h_off, h_st
         r = rows[i]
         t = tids[i]
         w = width[t]
-        off = h_off[r, t]
-        if off < 0:
+        hd = h[r, t]
+        if hd == NO_BLOCK:
             if state[0] + caps[0] * w > size:
                 return i, caps[0] * w
             off = state[0]
             state[0] += caps[0] * w
             state[1] += caps[0] * w
-            h_off[r, t] = off
-            h_start[r, t] = 0
-            h_len[r, t] = 0
-            h_cls[r, t] = 0
-        st = np.int64(h_start[r, t])
-        ln = np.int64(h_len[r, t])
-        cl = np.int64(h_cls[r, t])
+            st = np.int64(0)
+            ln = np.int64(0)
+            cl = np.int64(0)
+            h[r, t] = h_pack(off, st, ln, cl)
+        else:
+            off = h_off(hd)
+            st = h_start(hd)
+            ln = h_len(hd)
+            cl = h_cls(hd)
         cap = caps[cl]
         while ln > 0 and arena[off + st * w] <= cutoff:
             st += 1
@@ -97,8 +127,7 @@ def _append(start_i, rows, tids, ts, vals, src, width, arena, state, h_off, h_st
         if ln >= max_per:
             stats[0] += 1
             if x < arena[off + st * w]:
-                h_start[r, t] = st
-                h_len[r, t] = ln
+                h[r, t] = h_pack(off, st, ln, cl)
                 continue
             st += 1
             ln -= 1
@@ -111,8 +140,7 @@ def _append(start_i, rows, tids, ts, vals, src, width, arena, state, h_off, h_st
                 ncl = cl + 1
                 ncap = caps[ncl]
                 if state[0] + ncap * w > size:
-                    h_start[r, t] = st
-                    h_len[r, t] = ln
+                    h[r, t] = h_pack(off, st, ln, cl)
                     return i, ncap * w
                 noff = state[0]
                 state[0] += ncap * w
@@ -122,8 +150,6 @@ def _append(start_i, rows, tids, ts, vals, src, width, arena, state, h_off, h_st
                 off = noff
                 st = 0
                 cl = ncl
-                h_off[r, t] = off
-                h_cls[r, t] = cl
         if ln == 0 or arena[off + (st + ln - 1) * w] <= x:
             p = st + ln
         else:
@@ -143,35 +169,32 @@ def _append(start_i, rows, tids, ts, vals, src, width, arena, state, h_off, h_st
                 arena[base + c] = 0.0
             else:
                 arena[base + c] = null_value()
-        h_start[r, t] = st
-        h_len[r, t] = ln + 1
+        h[r, t] = h_pack(off, st, ln + 1, cl)
         stats[1] += 1
     return n, 0
 
 
 @njit(cache=True)
-def _compact(old, new, nrows, ntypes, width, new_width, fill, h_off, h_start, h_len, h_cls, caps, cutoff):
+def _compact(old, new, nrows, ntypes, width, new_width, fill, h, caps, cutoff):
     """Copy every live, retained list from ``old`` into ``new`` (sized by ``_compact_size``),
     row by row with tight capacity classes. A type whose ``new_width`` is larger than its
     ``width`` gets its new columns filled with ``fill[t]``. Returns the words used."""
     b = 0
     for r in range(nrows):
         for t in range(ntypes):
-            off = h_off[r, t]
-            if off < 0:
+            hd = h[r, t]
+            if hd == NO_BLOCK:
                 continue
+            off = h_off(hd)
+            st = h_start(hd)
+            ln = h_len(hd)
             w = width[t]
             nw = new_width[t]
-            st = np.int64(h_start[r, t])
-            ln = np.int64(h_len[r, t])
             while ln > 0 and old[off + st * w] <= cutoff:
                 st += 1
                 ln -= 1
             if ln == 0:
-                h_off[r, t] = -1
-                h_start[r, t] = 0
-                h_len[r, t] = 0
-                h_cls[r, t] = 0
+                h[r, t] = NO_BLOCK
                 continue
             cl = _class_for(caps, ln)
             for k in range(ln):
@@ -181,26 +204,24 @@ def _compact(old, new, nrows, ntypes, width, new_width, fill, h_off, h_start, h_
                     new[dst + c] = old[src + c]
                 for c in range(w, nw):
                     new[dst + c] = fill[t]
-            h_off[r, t] = b
-            h_start[r, t] = 0
-            h_len[r, t] = ln
-            h_cls[r, t] = cl
+            h[r, t] = h_pack(b, np.int64(0), ln, cl)
             b += caps[cl] * nw
     return b
 
 
 @njit(cache=True)
-def _compact_size(old, nrows, ntypes, width, new_width, h_off, h_start, h_len, caps, cutoff):
+def _compact_size(old, nrows, ntypes, width, new_width, h, caps, cutoff):
     """Words ``_compact`` will need."""
     total = 0
     for r in range(nrows):
         for t in range(ntypes):
-            off = h_off[r, t]
-            if off < 0:
+            hd = h[r, t]
+            if hd == NO_BLOCK:
                 continue
+            off = h_off(hd)
+            st = h_start(hd)
+            ln = h_len(hd)
             w = width[t]
-            st = np.int64(h_start[r, t])
-            ln = np.int64(h_len[r, t])
             while ln > 0 and old[off + st * w] <= cutoff:
                 st += 1
                 ln -= 1
@@ -210,27 +231,24 @@ def _compact_size(old, nrows, ntypes, width, new_width, h_off, h_start, h_len, c
 
 
 @njit(cache=True)
-def _live_events(nrows, ntypes, h_off, h_len):
+def _live_events(nrows, ntypes, h):
     total = 0
     for r in range(nrows):
         for t in range(ntypes):
-            if h_off[r, t] >= 0:
-                total += h_len[r, t]
+            if h[r, t] != NO_BLOCK:
+                total += h_len(h[r, t])
     return total
 
 
 @njit(cache=True)
-def _clear_rows(rows, ntypes, width, h_off, h_start, h_len, h_cls, state, caps):
+def _clear_rows(rows, ntypes, width, h, state, caps):
     """Forget every event of the given rows (their blocks become holes)."""
     for i in range(rows.shape[0]):
         r = rows[i]
         for t in range(ntypes):
-            if h_off[r, t] >= 0:
-                state[1] -= caps[h_cls[r, t]] * width[t]
-                h_off[r, t] = -1
-                h_start[r, t] = 0
-                h_len[r, t] = 0
-                h_cls[r, t] = 0
+            if h[r, t] != NO_BLOCK:
+                state[1] -= caps[h_cls(h[r, t])] * width[t]
+                h[r, t] = NO_BLOCK
 
 
 @njit(cache=True)
