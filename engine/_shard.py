@@ -304,7 +304,8 @@ class ShardCore:
         if cause == CAUSE_EVENT:
             causes = np.where(evm[fi] != 0, CAUSE_EVENT, CAUSE_TIME).astype(np.int8)
         elif cause == CAUSE_TRAIT:
-            causes = np.where(trm[fi] != 0, CAUSE_TRAIT, CAUSE_TIME).astype(np.int8)
+            # every user of the trait batch counts, even one whose update set nothing
+            causes = np.where(np.isin(rows[fi], tr_rows), CAUSE_TRAIT, CAUSE_TIME).astype(np.int8)
         else:
             causes = np.full(len(fi), cause, np.int8)
         return self._deltas(rows[fi], fs, fk, causes, now_ms)

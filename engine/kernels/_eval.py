@@ -161,14 +161,18 @@ def _in(x, consts, off, n, negated):
     if kx == K_NULL:
         return null_value()
     found = False
+    comparable = n == 0
     for j in range(off, off + n):
         c = consts[j]
         if kind_of(c) == kx:
+            comparable = True
             if kx == K_NUMBER:
                 if c == x:
                     found = True
             elif f2i(c) == f2i(x):
                 found = True
+    if not comparable:  # a value of another kind than the list's: false, as for == and !=
+        return bool_value(False)
     if negated:
         return bool_value(not found)
     return bool_value(found)
