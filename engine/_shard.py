@@ -21,7 +21,7 @@ from ._segments import SegmentDef, topological_order
 from .errors import UnknownSegment
 from .kernels import _eval as KE
 from .kernels import _store as KS
-from .kernels._strings import StringColumn, StringTable
+from .kernels._strings import NUM_SLOTS, StringColumn, StringTable, split_strings
 
 INF_MS = KE.INF_MS
 TBLOCK_SHIFT = 10
@@ -474,6 +474,115 @@ class ShardCore:
                           kind=np.full(len(names), 2, np.int8),
                           cause=np.full(len(names), CAUSE_USER_DELETED, np.int8),
                           at_ms=np.full(len(rows), now_ms, np.int64))
+
+    # ------------------------------------------------------------------ moving users
+    def row_slots(self, rows: np.ndarray) -> np.ndarray:
+        """Hash slot (FNV-1a 64 of the id mod 4096) of each user row."""
+        return (self.users.hashes()[rows] % np.uint64(NUM_SLOTS)).astype(np.int64)
+
+    def _rows_in_slots(self, slots) -> np.ndarray:
+        rows = self._known_rows()
+        if not len(rows):
+            return rows
+        return rows[np.isin(self.row_slots(rows), np.asarray(list(slots), np.int64))]
+
+    def export_slots(self, slots) -> dict:
+        """Everything about the users of the given hash slots, as plain arrays keyed by
+        names (event types, properties, traits, segments), for ``import_state`` on another
+        shard. String values travel as strings, not as this shard's codes."""
+        rows = self._rows_in_slots(slots)
+        codes: list[np.ndarray] = []
+
+        def strings_of(boxed: np.ndarray) -> np.ndarray:
+            bits = boxed.view(np.int64)
+            is_str = (bits & V.TAG_MASK) == V.STR_TAG
+            codes.append(bits[is_str] & V.PAYLOAD_MASK)
+            return boxed
+
+        events = {}
+        for t, name in enumerate(self.type_names):
+            owner, words = KS._export_lists(rows, t, int(self.width[t]), self.arena, self.h)
+            if len(owner):
+                cols = sorted(self.type_cols[t].items(), key=lambda kv: kv[1])
+                events[name] = {"owner": owner, "timestamp_ms": words[:, 0].astype(np.int64),
+                                "columns": {p: strings_of(words[:, c].copy()) for p, c in cols}}
+        traits = {name: strings_of(self.traits[rows, c].copy()) for name, c in self.trait_ids.items()}
+        all_codes = np.unique(np.concatenate(codes)) if codes else np.zeros(0, np.int64)
+        return {
+            "user_ids": self.users.gather(rows),
+            "events": events,
+            "traits": traits,
+            "members": {name: np.flatnonzero((self.member[rows, s >> 6] >> np.uint64(s & 63)) & np.uint64(1))
+                        for name, s in self.slots.items()},
+            "timers": self.timer[rows].copy(),
+            "string_codes": all_codes,
+            "strings": self.strings.gather(all_codes),
+        }
+
+    def drop_slots(self, slots) -> int:
+        """Forget the users of the given hash slots (after they moved away); no deltas."""
+        rows = self._rows_in_slots(slots)
+        KS._clear_rows(rows, len(self.type_names), self.width, self.h, self.astate, KS.CAPS)
+        self.traits[rows, :] = V.NULL
+        self.member[rows, :] = 0
+        self.timer[rows] = INF_MS
+        self.known[rows] = False
+        return len(rows)
+
+    def import_state(self, state: dict) -> int:
+        """Take in users exported by ``export_slots`` of another shard (same segments)."""
+        ids = state["user_ids"]
+        if not ids:
+            return 0
+        rows = self._rows_for(split_strings(ids))
+        if np.any(self.known[rows]):
+            raise ValueError("import_state: some users already live on this shard")
+        mapping = np.zeros(int(state["string_codes"].max()) + 1 if len(state["string_codes"]) else 0, np.int64)
+        if len(state["strings"]):
+            mapping[state["string_codes"]] = self.strings.intern(split_strings(state["strings"]))
+
+        def local(boxed: np.ndarray) -> np.ndarray:
+            boxed = np.array(boxed, np.float64)
+            bits = boxed.view(np.int64)
+            is_str = (bits & V.TAG_MASK) == V.STR_TAG
+            bits[is_str] = V.STR_TAG | mapping[bits[is_str] & V.PAYLOAD_MASK]
+            return boxed
+
+        for name, ev in state["events"].items():
+            t = self.type_id(name)
+            props = list(ev["columns"])
+            for p in props:
+                self.column(t, p)
+            n = len(ev["owner"])
+            vals = np.empty((n, max(len(props), 1)), np.float64)
+            src = np.full((self._tcap, int(self.width[t])), KS.SRC_NULL, np.int64)
+            if VALUE_COLUMN in self.type_cols[t]:
+                src[t, self.type_cols[t][VALUE_COLUMN]] = KS.SRC_ZERO
+            for j, p in enumerate(props):
+                vals[:, j] = local(ev["columns"][p])
+                src[t, self.type_cols[t][p]] = j
+            ev_rows = rows[ev["owner"]]
+            tids = np.full(n, t, np.int64)
+            ts = np.ascontiguousarray(ev["timestamp_ms"], np.int64)
+            i = 0
+            while True:
+                i, need = KS._append(i, ev_rows, tids, ts, vals, src, self.width, self.arena, self.astate,
+                                     self.h, KS.CAPS, -np.inf, self.max_per, self.counters)
+                if i >= n:
+                    break
+                self._grow_arena(int(need))
+        for name, boxed in state["traits"].items():
+            self.traits[rows, self.trait_col(name)] = local(boxed)
+        for name, idx in state["members"].items():
+            s = self.slots.get(name)
+            if s is None:
+                raise UnknownSegment(f"import_state: segment {name!r} is not defined on this shard")
+            self.member[rows[idx], s >> 6] |= np.uint64(1 << (s & 63))
+        self.timer[rows] = np.minimum(self.timer[rows], state["timers"])
+        blocks = rows >> TBLOCK_SHIFT
+        np.minimum.at(self.tblock, blocks, state["timers"])
+        self.known[rows] = True
+        return len(rows)
 
     # ------------------------------------------------------------------ introspection
     def retained_events(self) -> int:

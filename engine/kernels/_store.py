@@ -262,3 +262,30 @@ def _remap_strings(vals, cols, mapping, str_tag, tag_mask, payload_mask):
             b = vals[i, c]
             if (b & tag_mask) == str_tag:
                 vals[i, c] = str_tag | mapping[b & payload_mask]
+
+
+@njit(cache=True)
+def _export_lists(rows, t, w, arena, h):
+    """Every live event of type ``t`` of the given rows, in list order:
+    (index into ``rows`` per event, the events' words as an ``[n, w]`` matrix)."""
+    n = 0
+    for i in range(rows.shape[0]):
+        hd = h[rows[i], t]
+        if hd != NO_BLOCK:
+            n += h_len(hd)
+    owner = np.empty(n, np.int64)
+    out = np.empty((n, w), np.float64)
+    k = 0
+    for i in range(rows.shape[0]):
+        hd = h[rows[i], t]
+        if hd == NO_BLOCK:
+            continue
+        off = h_off(hd)
+        st = h_start(hd)
+        for e in range(h_len(hd)):
+            base = off + (st + e) * w
+            owner[k] = i
+            for c in range(w):
+                out[k, c] = arena[base + c]
+            k += 1
+    return owner, out

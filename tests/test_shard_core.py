@@ -1,0 +1,105 @@
+"""ShardCore below the Engine: moving users between shards, compaction, memory figures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine import Engine
+from engine._shard import ShardCore
+
+BASE = 1_700_000_000_000
+H = 3_600_000
+
+SEGMENTS = {
+    "views": "count(view, 2h) >= 2",
+    "sku": 'top_count(view.sku, 1d) >= 2 and affinity(view.sku, 1d) == "a"',
+    "spend": "sum(buy.value, 1d) > 10 and since(buy) < 3h",
+    "tr": 'trait.country == "TR" and segment("views")',
+    "first": "since_first(view where sku in [\"a\", \"b\"]) >= 1h",
+}
+
+
+def _stream(rng, n_users=200, n=3000):
+    users = [f"u{i}" for i in rng.integers(0, n_users, n)]
+    types = rng.choice(["view", "buy"], n, p=[0.8, 0.2]).tolist()
+    ts = BASE + np.sort(rng.integers(0, 20 * H, n))
+    skus = rng.choice(["a", "b", "c"], n).tolist()
+    vals = np.where(np.array(types) == "buy", rng.random(n) * 20, 0.0)
+    return users, types, ts, vals, skus
+
+
+def _engine(rng):
+    eng = Engine(clock="event", retention="2d")
+    for k, v in SEGMENTS.items():                     # "views" comes before "tr", which uses it
+        eng.create_segment(k, v)
+    users, types, ts, vals, skus = _stream(rng)
+    eng.ingest_columns(user_id=users, type=types, timestamp_ms=ts, value=vals, properties={"sku": skus})
+    for i in range(0, 200, 3):
+        eng.set_traits(f"u{i}", {"country": "TR" if i % 2 else "DE"})
+    return eng
+
+
+def test_export_import_moves_users_without_changing_anything():
+    rng = np.random.default_rng(7)
+    src = _engine(rng)
+    ref = _engine(np.random.default_rng(7))           # the same history, never moved
+    core = src._core
+    target = ShardCore(core.retention_ms, core.max_per)
+    from engine._segments import topological_order
+    for d in topological_order(list(core.defs.values())):
+        target.create_segment(d, src.now_ms)
+    half = list(range(0, 4096, 2))
+    state = core.export_slots(half)
+    moved = len(state["user_ids"])
+    assert moved > 0
+    assert target.import_state(state) == moved
+    assert core.drop_slots(half) == moved
+    for name in SEGMENTS:
+        assert set(core.members(name)) | set(target.members(name)) == ref.members(name)
+        assert not set(core.members(name)) & set(target.members(name))
+    # time goes on: both halves together still behave exactly like the unmoved engine
+    later = src.now_ms + 30 * H
+    d1 = core.advance(later)
+    d2 = target.advance(later)
+    ref.advance_clock(later)
+    for name in SEGMENTS:
+        assert set(core.members(name)) | set(target.members(name)) == ref.members(name)
+    got = sorted(zip(d1.segments + d2.segments, d1.user_ids + d2.user_ids))
+    want = sorted((d.segment, d.user_id) for d in ref.deltas() if d.at_ms == later)
+    assert got == want
+    assert target.user_view(state["user_ids"][0])["known"]
+
+
+def test_compaction_keeps_every_list_and_frees_expired_events():
+    rng = np.random.default_rng(3)
+    eng = _engine(rng)
+    before = {n: eng.members(n) for n in SEGMENTS}
+    core = eng._core
+    retained = core.retained_events()
+    core._compact()
+    assert core.retained_events() == retained
+    assert {n: eng.members(n) for n in SEGMENTS} == before
+    assert core.astate[0] == core.astate[1]            # no holes left
+    eng.advance_clock(eng.now_ms + 3 * 24 * H)         # everything is now past the 2d retention
+    core._compact(cutoff=float(eng.now_ms - core.retention_ms))
+    assert core.retained_events() == 0
+
+
+def test_memory_figures_add_up():
+    eng = _engine(np.random.default_rng(1))
+    m = eng.memory()
+    assert m["bytes_total"] == m["user_arrays"] + m["user_ids"] + m["events"] + m["strings"]
+    assert m["users"] == eng.stats()["users"] == 200
+    assert m["retained_events"] == eng.stats()["events_retained"] > 0
+
+
+def test_per_type_limit_is_configurable_and_counted():
+    eng = Engine(clock="event", max_events_per_type=8)
+    eng.create_segment("c", "count(view, 1d) >= 8")
+    eng.ingest([{"user_id": "u", "type": "view", "timestamp_ms": BASE + i} for i in range(20)])
+    assert eng.members("c") == {"u"}
+    assert eng.stats()["events_dropped"] == 12
+    assert eng.stats()["events_retained"] == 8
+    with pytest.raises(ValueError):
+        Engine(max_events_per_type=5000)
