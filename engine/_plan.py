@@ -46,7 +46,7 @@ class Plan:
     def empty() -> "Plan":
         z4 = np.zeros((0, 4), np.int64)
         return Plan([], np.zeros((0, 10), np.int64), np.zeros(0, np.int64), z4, np.zeros(0),
-                    np.zeros((0, 8), np.int64), np.zeros((0, 3), np.int64), z4)
+                    np.zeros((0, 10), np.int64), np.zeros((0, 3), np.int64), z4)
 
     def index(self, name: str) -> int:
         return self.names.index(name)
@@ -61,6 +61,7 @@ class _Compiler:
         self.leaves: list[tuple[int, ...]] = []
         self.steps: list[tuple[int, int, int]] = []
         self.const_index: dict[int, int] = {}
+        self.cmp_hint = None
 
     # -- constants ------------------------------------------------------------------------
     def box(self, value) -> float:
@@ -128,6 +129,7 @@ class _Compiler:
             self.expr(n.right)
             self.emit(_ARITH[n.op], push=-1)
         elif isinstance(n, A.Compare):
+            self.cmp_hint = _threshold_hint(n)
             self.expr(n.left)
             self.expr(n.right)
             self.emit(_CMP[n.op], push=-1)
@@ -148,7 +150,9 @@ class _Compiler:
             t = self.event_type(n.source.event)
             col = self.schema.column(t, n.source.prop) if n.source.prop else 0
             foff, flen = self.filter(n.source, t)
-            self.leaf(_AGG_KIND[n.func], t, col, n.window_ms, foff, flen)
+            hint = self.cmp_hint if self.cmp_hint and self.cmp_hint[0] is n else None
+            cop, cidx = (_CMP[hint[1]], self.const(hint[2])) if hint else (0, 0)
+            self.leaf(_AGG_KIND[n.func], t, col, n.window_ms, foff, flen, cop=cop, cidx=cidx)
         elif isinstance(n, (A.Since, A.SinceFirst)):
             t = self.event_type(n.source.event)
             foff, flen = self.filter(n.source, t)
@@ -186,9 +190,9 @@ class _Compiler:
         self.timedep = True
         return t
 
-    def leaf(self, kind, t, col, window, foff, flen, soff=0, slen=0):
+    def leaf(self, kind, t, col, window, foff, flen, soff=0, slen=0, cop=0, cidx=0):
         q = len(self.leaves) - self._leaf_base()
-        self.leaves.append((kind, t, col, window, foff, flen, soff, slen))
+        self.leaves.append((kind, t, col, window, foff, flen, soff, slen, cop, cidx))
         self.emit(K.OP_LEAF, q, push=1)
 
     def _leaf_base(self):
@@ -249,6 +253,30 @@ class _Compiler:
             raise ExpressionError(line, col, f"{type(n).__name__} is not allowed in a where filter")
 
 
+_FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
+_THRESHOLD_FUNCS = ("count", "sum", "distinct", "top_count", "active_days")
+
+
+def _number(n) -> float | None:
+    if isinstance(n, A.Literal) and n.kind == "number":
+        return float(n.value)
+    if isinstance(n, A.Neg) and isinstance(n.operand, A.Literal) and n.operand.kind == "number":
+        return -float(n.operand.value)
+    return None
+
+
+def _threshold_hint(n: A.Compare):
+    """``(aggregate node, op, constant)`` when a comparison is ``aggregate op number`` (either
+    way round): its leaf can then schedule its timer at the first window departure that may
+    flip the comparison, instead of at every departure."""
+    for agg, other, op in ((n.left, n.right, n.op), (n.right, n.left, _FLIP[n.op])):
+        if isinstance(agg, A.Aggregate) and agg.func in _THRESHOLD_FUNCS:
+            c = _number(other)
+            if c is not None:
+                return agg, op, c
+    return None
+
+
 def build_plan(defs, schema: ShardSchema, slot_of: Callable[[str], int], timedep_of_dep=None) -> Plan:
     """Compile segment definitions (dependencies first) into one plan."""
     c = _Compiler(schema)
@@ -272,7 +300,7 @@ def build_plan(defs, schema: ShardSchema, slot_of: Callable[[str], int], timedep
         dep_list=np.array(dep_list, dtype=np.int64),
         prog=np.array(c.prog, dtype=np.int64).reshape(-1, 4),
         consts=np.array(c.consts, dtype=np.float64),
-        leaves=np.array(c.leaves, dtype=np.int64).reshape(-1, 8),
+        leaves=np.array(c.leaves, dtype=np.int64).reshape(-1, 10),
         steps=np.array(c.steps, dtype=np.int64).reshape(-1, 3),
         fprog=np.array(c.fprog, dtype=np.int64).reshape(-1, 4),
     )

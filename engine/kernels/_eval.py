@@ -188,8 +188,14 @@ def _between(x, lo, hi):
 
 
 @njit(cache=True, _nrt=False)
-def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arena, width, h, fst, keys, idx):
-    """Value, slope and next discontinuity of leaf ``j`` for user row ``r``."""
+def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arena, width, h, fst, keys, idx, mt):
+    """Value, slope and next discontinuity of leaf ``j`` for user row ``r``.
+
+    The next discontinuity is the earliest of: the next future event entering the window, and
+    the departure (``t + W``) of the oldest matching event in the window, or, for a leaf that
+    is compared with a constant (``leaves[j, 8]`` = the comparison, ``leaves[j, 9]`` = the
+    constant), the first departure after which that comparison can change (see
+    ``_threshold_departure``)."""
     kind = leaves[j, 0]
     if kind == L_SEQ:
         return _sequence(j, r, now, leaves, steps, fprog, consts, arena, width, h, fst)
@@ -232,9 +238,19 @@ def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arena, width, h
         return np.inf, 0.0, nxt
 
     lo = _upper_bound(arena, off, w, base, hi, float(now - win))
+    cop = leaves[j, 8]
     if kind == L_COUNT and flen == 0:
-        if hi > lo:
-            nxt = _min(nxt, np.int64(arena[off + lo * w]) + win)
+        n = hi - lo
+        if n > 0:
+            if cop == 0:
+                nxt = _min(nxt, np.int64(arena[off + lo * w]) + win)
+            else:
+                c = consts[leaves[j, 9]]
+                now_true = _num_cmp(cop, float(n), c)
+                for k in range(1, n + 1):
+                    if _num_cmp(cop, float(n - k), c) != now_true:
+                        nxt = _min(nxt, np.int64(arena[off + (lo + k - 1) * w]) + win)
+                        break
         return float(hi - lo), 0.0, nxt
 
     first = -1
@@ -251,6 +267,7 @@ def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arena, width, h
             continue
         if first < 0:
             first = e
+        mt[cnt] = e
         cnt += 1
         if kind == L_COUNT:
             continue
@@ -276,52 +293,102 @@ def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arena, width, h
                 keys[nk] = f2i(v)
                 idx[nk] = k
                 nk += 1
-    if first >= 0:
-        nxt = _min(nxt, np.int64(arena[first]) + win)
+    # the value
     if kind == L_COUNT:
-        return float(cnt), 0.0, nxt
-    if kind == L_DAYS:
-        return float(days), 0.0, nxt
+        val = float(cnt)
+    elif kind == L_DAYS:
+        val = float(days)
+    elif kind == L_SUM:
+        val = total
+    elif kind == L_AVG:
+        val = total / nnum if nnum else null_value()
+    elif kind == L_MIN or kind == L_MAX:
+        val = best if nnum else null_value()
+    elif nk == 0:
+        val = null_value() if kind == L_AFF else 0.0
+    else:  # value-frequency aggregates over the collected (value bits, event index) pairs
+        _sort_pairs(keys, idx, nk)
+        runs = 0
+        top = 0
+        top_key = np.int64(0)
+        top_last = -1
+        i = 0
+        while i < nk:
+            key = keys[i]
+            run = 0
+            last = -1
+            while i < nk and keys[i] == key:
+                run += 1
+                if idx[i] > last:
+                    last = idx[i]
+                i += 1
+            runs += 1
+            if run > top or (run == top and last > top_last):
+                top = run
+                top_key = key
+                top_last = last
+        if kind == L_DISTINCT:
+            val = float(runs)
+        elif kind == L_TOP:
+            val = float(top)
+        else:
+            val = i2f(top_key)
+    # when it can next change by events leaving the window
+    if first >= 0:
+        if cop == 0 or not (kind == L_COUNT or kind == L_SUM or kind == L_DAYS or kind == L_DISTINCT
+                            or kind == L_TOP):
+            nxt = _min(nxt, np.int64(arena[first]) + win)
+        else:
+            nxt = _min(nxt, _threshold_departure(kind, cop, consts[leaves[j, 9]], val, cnt, col, arena,
+                                                 mt, win))
+    return val, 0.0, nxt
+
+
+@njit(cache=True, _nrt=False)
+def _num_cmp(op, a, b):
+    if op == OP_EQ:
+        return a == b
+    if op == OP_NE:
+        return a != b
+    if op == OP_LT:
+        return a < b
+    if op == OP_LE:
+        return a <= b
+    if op == OP_GT:
+        return a > b
+    return a >= b
+
+
+@njit(cache=True, _nrt=False)
+def _threshold_departure(kind, op, c, val, cnt, col, arena, mt, win):
+    """Earliest departure after which ``val op c`` may change, given the ``cnt`` matching
+    events in the window (word positions ``mt[:cnt]``, oldest first).
+
+    ``sum`` is simulated exactly (its value after the k oldest leave). ``count``,
+    ``distinct``, ``top_count`` and ``active_days`` lose at most 1 per departure and reach 0
+    when all have left, so after k departures they lie in [max(val - k, 0), val]: the first k
+    where ``val - k`` (or 0) compares differently is the earliest possible change (exact for
+    ``count``). Returns INF_MS when departures alone cannot change the comparison."""
+    if c != c:
+        return INF_MS
+    now_true = _num_cmp(op, val, c)
     if kind == L_SUM:
-        return total, 0.0, nxt
-    if kind == L_AVG:
-        if nnum == 0:
-            return null_value(), 0.0, nxt
-        return total / nnum, 0.0, nxt
-    if kind == L_MIN or kind == L_MAX:
-        if nnum == 0:
-            return null_value(), 0.0, nxt
-        return best, 0.0, nxt
-    # value-frequency aggregates over the collected (value bits, event index) pairs
-    if nk == 0:
-        if kind == L_AFF:
-            return null_value(), 0.0, nxt
-        return 0.0, 0.0, nxt
-    _sort_pairs(keys, idx, nk)
-    runs = 0
-    top = 0
-    top_key = np.int64(0)
-    top_last = -1
-    i = 0
-    while i < nk:
-        key = keys[i]
-        run = 0
-        last = -1
-        while i < nk and keys[i] == key:
-            run += 1
-            if idx[i] > last:
-                last = idx[i]
-            i += 1
-        runs += 1
-        if run > top or (run == top and last > top_last):
-            top = run
-            top_key = key
-            top_last = last
-    if kind == L_DISTINCT:
-        return float(runs), 0.0, nxt
-    if kind == L_TOP:
-        return float(top), 0.0, nxt
-    return i2f(top_key), 0.0, nxt
+        rest = val
+        for k in range(cnt):
+            v = arena[mt[k] + col]
+            if v == v:
+                rest -= v
+            after = rest if k + 1 < cnt else 0.0
+            if _num_cmp(op, after, c) != now_true:
+                return np.int64(arena[mt[k]]) + win
+        return INF_MS
+    for k in range(1, cnt + 1):
+        after = val - k if k < cnt else 0.0
+        if after < 0.0:
+            after = 0.0
+        if _num_cmp(op, after, c) != now_true:
+            return np.int64(arena[mt[k - 1]]) + win
+    return INF_MS
 
 
 @njit(cache=True, _nrt=False)
@@ -371,6 +438,7 @@ def _sequence(j, r, now, leaves, steps, fprog, consts, arena, width, h, fst):
     nxt = INF_MS
     lower = float(now - win)  # exclusive bound for the next step's timestamp
     ok = True
+    dep = INF_MS  # earliest departure from the window (only matters while it holds)
     for s in range(soff, soff + slen):
         t = steps[s, 0]
         hd = h[r, t]
@@ -386,7 +454,7 @@ def _sequence(j, r, now, leaves, steps, fprog, consts, arena, width, h, fst):
         if hi < end:
             nxt = _min(nxt, np.int64(arena[off + hi * w]))
         if lo_w < hi:
-            nxt = _min(nxt, np.int64(arena[off + lo_w * w]) + win)
+            dep = _min(dep, np.int64(arena[off + lo_w * w]) + win)
         if not ok:
             continue
         k = _upper_bound(arena, off, w, lo_w, hi, lower)
@@ -399,12 +467,21 @@ def _sequence(j, r, now, leaves, steps, fprog, consts, arena, width, h, fst):
             k += 1
         if not found:
             ok = False
+    if ok:
+        nxt = _min(nxt, dep)
     return bool_value(ok), 0.0, nxt
 
 
 @njit(cache=True, _nrt=False)
-def _program(r, now, poff, plen, prog, consts, lv, ls, traits, member, vst, sst, nxt):
-    """Run a segment's program for row ``r``; returns (is member, next change time)."""
+def _program(r, now, poff, plen, prog, consts, lv, ls, lnx, traits, member, vst, sst, nst):
+    """Run a segment's program for row ``r``; returns (is member, next possible change).
+
+    Every stack entry carries its value, its slope and the earliest time it may change by
+    time alone (``nst``). Comparisons add the time their affine operands cross. A false
+    ``and`` can only turn true once every false operand has changed, so it takes the latest
+    of their times (a true ``or`` likewise); otherwise the earliest. So a user kept out of a
+    segment by something time cannot change (a trait, a count that only events can raise)
+    gets no timer from the rest of the expression."""
     sp = 0
     for pc in range(poff, poff + plen):
         op = prog[pc, 0]
@@ -412,17 +489,21 @@ def _program(r, now, poff, plen, prog, consts, lv, ls, traits, member, vst, sst,
         if op == OP_CONST:
             vst[sp] = consts[a1]
             sst[sp] = 0.0
+            nst[sp] = INF_MS
             sp += 1
         elif op == OP_LEAF:
             vst[sp] = lv[a1]
             sst[sp] = ls[a1]
+            nst[sp] = lnx[a1]
             sp += 1
         elif op == OP_TRAIT:
             vst[sp] = traits[r, a1]
             sst[sp] = 0.0
+            nst[sp] = INF_MS
             sp += 1
         elif op == OP_TRAIT_TIME:
             v = traits[r, a1]
+            nst[sp] = INF_MS
             if kind_of(v) != K_NUMBER:
                 vst[sp] = null_value()
                 sst[sp] = 0.0
@@ -436,6 +517,7 @@ def _program(r, now, poff, plen, prog, consts, lv, ls, traits, member, vst, sst,
         elif op == OP_EXISTS_TRAIT:
             vst[sp] = bool_value(kind_of(traits[r, a1]) != K_NULL)
             sst[sp] = 0.0
+            nst[sp] = INF_MS
             sp += 1
         elif op == OP_NEAR:
             lat = traits[r, prog[pc, 2]]
@@ -445,10 +527,13 @@ def _program(r, now, poff, plen, prog, consts, lv, ls, traits, member, vst, sst,
                 inside = haversine_m(lat, lon, consts[a1], consts[a1 + 1]) <= consts[a1 + 2]
             vst[sp] = bool_value(inside)
             sst[sp] = 0.0
+            nst[sp] = INF_MS
             sp += 1
         elif op == OP_SEG:
+            # another segment's changes reach this one through dependency propagation
             vst[sp] = bool_value(((member[r, a1 >> 6] >> np.uint64(a1 & 63)) & np.uint64(1)) != 0)
             sst[sp] = 0.0
+            nst[sp] = INF_MS
             sp += 1
         elif op == OP_NEG:
             x = vst[sp - 1]
@@ -464,79 +549,93 @@ def _program(r, now, poff, plen, prog, consts, lv, ls, traits, member, vst, sst,
             y = vst[sp]
             sx = sst[sp - 1]
             sy = sst[sp]
+            nst[sp - 1] = _min(nst[sp - 1], nst[sp])
             if kind_of(x) != K_NUMBER or kind_of(y) != K_NUMBER:
                 vst[sp - 1] = null_value()
                 sst[sp - 1] = 0.0
                 continue
             if op == OP_ADD:
                 v = x + y
-                s = sx + sy
+                sl = sx + sy
             elif op == OP_SUB:
                 v = x - y
-                s = sx - sy
+                sl = sx - sy
             elif op == OP_MUL:
                 v = x * y
                 if sx == 0.0:
-                    s = x * sy
+                    sl = x * sy
                 elif sy == 0.0:
-                    s = y * sx
+                    sl = y * sx
                 else:
-                    s = np.nan
+                    sl = np.nan
             else:
                 if y == 0.0:
                     vst[sp - 1] = null_value()
                     sst[sp - 1] = 0.0
                     continue
                 v = x / y
-                s = sx / y if sy == 0.0 else np.nan
+                sl = sx / y if sy == 0.0 else np.nan
             if v != v:
                 vst[sp - 1] = null_value()
                 sst[sp - 1] = 0.0
             else:
                 vst[sp - 1] = v
-                sst[sp - 1] = s if math.isfinite(v) else 0.0
+                sst[sp - 1] = sl if math.isfinite(v) else 0.0
         elif op >= OP_EQ and op <= OP_GE:
             sp -= 1
             x = vst[sp - 1]
             y = vst[sp]
+            t = _min(nst[sp - 1], nst[sp])
             if kind_of(x) == K_NUMBER and kind_of(y) == K_NUMBER:
-                nxt = _cross(x, sst[sp - 1], y, sst[sp], now, nxt)
+                t = _cross(x, sst[sp - 1], y, sst[sp], now, t)
             vst[sp - 1] = _compare(op, x, y)
             sst[sp - 1] = 0.0
+            nst[sp - 1] = t
         elif op == OP_IN:
             x = vst[sp - 1]
+            t = nst[sp - 1]
             if kind_of(x) == K_NUMBER and sst[sp - 1] != 0.0:
                 for c in range(a1, a1 + prog[pc, 2]):
                     if kind_of(consts[c]) == K_NUMBER:
-                        nxt = _cross(x, sst[sp - 1], consts[c], 0.0, now, nxt)
+                        t = _cross(x, sst[sp - 1], consts[c], 0.0, now, t)
             vst[sp - 1] = _in(x, consts, a1, prog[pc, 2], prog[pc, 3])
             sst[sp - 1] = 0.0
+            nst[sp - 1] = t
         elif op == OP_BETWEEN:
             sp -= 2
             x = vst[sp - 1]
             lo = vst[sp]
             hi = vst[sp + 1]
+            t = _min(nst[sp - 1], _min(nst[sp], nst[sp + 1]))
             if kind_of(x) == K_NUMBER:
                 if kind_of(lo) == K_NUMBER:
-                    nxt = _cross(x, sst[sp - 1], lo, sst[sp], now, nxt)
+                    t = _cross(x, sst[sp - 1], lo, sst[sp], now, t)
                 if kind_of(hi) == K_NUMBER:
-                    nxt = _cross(x, sst[sp - 1], hi, sst[sp + 1], now, nxt)
+                    t = _cross(x, sst[sp - 1], hi, sst[sp + 1], now, t)
             vst[sp - 1] = _between(x, lo, hi)
             sst[sp - 1] = 0.0
+            nst[sp - 1] = t
         elif op == OP_AND or op == OP_OR:
-            ok = op == OP_AND
+            is_and = op == OP_AND
+            decided = False      # and: some operand false / or: some operand true
+            t_any = INF_MS       # earliest change of any operand
+            t_dec = np.int64(0)  # latest change among the deciding operands
             for q in range(sp - a1, sp):
-                if op == OP_AND and not is_true(vst[q]):
-                    ok = False
-                elif op == OP_OR and is_true(vst[q]):
-                    ok = True
+                tv = is_true(vst[q])
+                if tv != is_and:
+                    decided = True
+                    if nst[q] > t_dec:
+                        t_dec = nst[q]
+                if nst[q] < t_any:
+                    t_any = nst[q]
             sp -= a1 - 1
-            vst[sp - 1] = bool_value(ok)
+            vst[sp - 1] = bool_value(not decided if is_and else decided)
             sst[sp - 1] = 0.0
+            nst[sp - 1] = t_dec if decided else t_any
         elif op == OP_NOT:
             vst[sp - 1] = bool_value(not is_true(vst[sp - 1]))
             sst[sp - 1] = 0.0
-    return is_true(vst[0]), nxt
+    return is_true(vst[0]), nst[0]
 
 
 @njit(cache=True)
@@ -570,11 +669,14 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
             maxleaf = seg_tab[s, 3]
     lv = np.empty(maxleaf, dtype=np.float64)
     ls = np.empty(maxleaf, dtype=np.float64)
+    lnx = np.empty(maxleaf, dtype=np.int64)
     vst = np.empty(MAX_STACK, dtype=np.float64)
     sst = np.empty(MAX_STACK, dtype=np.float64)
+    nst = np.empty(MAX_STACK, dtype=np.int64)
     fst = np.empty(MAX_STACK, dtype=np.float64)
     keys = np.empty(max_per + 1, dtype=np.int64)
     idx = np.empty(max_per + 1, dtype=np.int64)
+    mt = np.empty(max_per + 1, dtype=np.int64)
     for i in range(m):
         r = rows[i]
         any_flip = False
@@ -592,17 +694,12 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
             if not need:
                 continue
             loff = seg_tab[s, 2]
-            nxt = INF_MS
             for q in range(seg_tab[s, 3]):
-                v, sl, nx = _leaf(loff + q, r, now, retention_ms, leaves, steps, fprog, consts,
-                                  arena, width, h, fst, keys, idx)
-                lv[q] = v
-                ls[q] = sl
-                if nx < nxt:
-                    nxt = nx
+                lv[q], ls[q], lnx[q] = _leaf(loff + q, r, now, retention_ms, leaves, steps, fprog, consts,
+                                             arena, width, h, fst, keys, idx, mt)
             # leaf indices in the program are relative to the segment's first leaf
-            res, nxt = _program(r, now, seg_tab[s, 0], seg_tab[s, 1], prog, consts, lv, ls, traits,
-                                member, vst, sst, nxt)
+            res, nxt = _program(r, now, seg_tab[s, 0], seg_tab[s, 1], prog, consts, lv, ls, lnx, traits,
+                                member, vst, sst, nst)
             if dry:
                 if not res:
                     continue
