@@ -63,6 +63,11 @@ class DeltaBatch:
             at_ms=np.concatenate([b.at_ms for b in batches]),
         )
 
+    def tail(self, start: int) -> "DeltaBatch":
+        """The deltas from index ``start`` on."""
+        return DeltaBatch(self.segments[start:], self.user_ids[start:], self.kind[start:],
+                          self.cause[start:], self.at_ms[start:])
+
     def to_deltas(self, first_sequence: int) -> list[Delta]:
         kinds = self.kind.tolist()
         causes = self.cause.tolist()
@@ -75,8 +80,8 @@ class DeltaBatch:
 
 
 class DeltaLog:
-    """Assigns global sequence numbers (1, 2, 3, ...) and keeps at least the newest
-    ``capacity`` deltas for readers that resume with ``after_sequence``.
+    """Assigns global sequence numbers (1, 2, 3, ...) and keeps the newest ``capacity``
+    deltas for readers that resume with ``after_sequence``.
 
     Thread-safe; readers never block writers for longer than a list copy.
     """
@@ -110,9 +115,15 @@ class DeltaLog:
                 self._chunks.append((first, batch))
                 self._next += n
                 self._retained += n
-                while self._chunks and self._retained - len(self._chunks[0][1]) >= self.capacity:
-                    _, old = self._chunks.popleft()
-                    self._retained -= len(old)
+                while self._retained > self.capacity:
+                    seq0, old = self._chunks[0]
+                    excess = self._retained - self.capacity
+                    if len(old) <= excess:
+                        self._chunks.popleft()
+                        self._retained -= len(old)
+                    else:
+                        self._chunks[0] = (seq0 + excess, old.tail(excess))
+                        self._retained -= excess
             return first, first + n - 1
 
     def read(self, after_sequence: int = 0, segments: set[str] | None = None,

@@ -210,7 +210,7 @@ class Engine:
         """(size, sample of members) of an expression, nothing saved."""
         with self._lock:
             now = self._clock_for_op()
-            defn = self._registry.validate("\x00preview", expression, now_ms=now)
+            defn = self._registry.validate_expression(expression, now_ms=now)
             return self._core.preview(defn, now, sample)
 
     def members(self, name: str) -> set[str]:

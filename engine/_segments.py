@@ -64,6 +64,19 @@ class SegmentRegistry:
         return SegmentDef(name, expression, tree, tuple(deps), description or "", created,
                           (old.version + 1) if old else 1)
 
+    def validate_expression(self, expression: str, now_ms: int | None = None) -> SegmentDef:
+        """Validate an expression that is not (yet) a segment, for previews."""
+        from .expr import compile_expression, segment_refs
+
+        if not isinstance(expression, str):
+            raise ExpressionError(1, 1, "the expression must be text")
+        tree = compile_expression(expression, retention_ms=self.retention_ms)
+        for node in _segment_ref_nodes(tree):
+            if node.name not in self._defs:
+                raise ExpressionError(node.line, node.col, f'unknown segment "{node.name}" in segment(...)')
+        return SegmentDef("\x00preview", expression, tree, tuple(sorted(segment_refs(tree))),
+                          created_ms=now_ms or 0)
+
     def _closure(self, name: str) -> set[str]:
         """Every segment that ``name`` depends on, transitively."""
         seen: set[str] = set()
