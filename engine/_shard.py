@@ -145,7 +145,7 @@ class ShardCore:
             return c
         c = len(self.trait_names)
         if c >= self._ccap:
-            self._ccap *= 2
+            self._ccap += 2  # trait columns cost 8 bytes per user each: grow them slowly
             self._widen("traits", self._ccap, V.NULL, np.float64)
         self.trait_ids[name] = c
         self.trait_names.append(name)
@@ -311,7 +311,10 @@ class ShardCore:
         return self._deltas(rows[fi], fs, fk, causes, now_ms)
 
     def _deltas(self, rows, plan_idx, kinds, causes, now_ms) -> DeltaBatch:
+        """Flips -> deltas, ordered by segment (dependencies first), then by user row."""
         names = self.plan.names
+        order = np.lexsort((rows, plan_idx))
+        rows, plan_idx, kinds, causes = rows[order], plan_idx[order], kinds[order], causes[order]
         return DeltaBatch(
             segments=[names[s] for s in plan_idx.tolist()],
             user_ids=self.users.gather(rows),
