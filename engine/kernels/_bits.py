@@ -101,3 +101,28 @@ def haversine_m(lat1, lon1, lat2, lon2):
     if h > 1.0:
         h = 1.0
     return 2.0 * EARTH_RADIUS_M * math.asin(math.sqrt(h))
+
+
+@intrinsic
+def prefetch(typingctx, arr, idx):
+    """Hint the CPU to start loading element ``idx`` (flat, C order) of the C-contiguous
+    array ``arr`` into cache. It never faults and changes nothing.
+
+    Evaluation visits users in random order; prefetching the next users' headers and event
+    blocks overlaps their memory latency with the current user's work."""
+    if not isinstance(arr, types.Array) or arr.layout != "C":
+        return None
+    sig = types.void(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        i8p = ir.IntType(8).as_pointer()
+        fn = builder.module.declare_intrinsic("llvm.prefetch", fnty=ir.FunctionType(
+            ir.VoidType(), [i8p, ir.IntType(32), ir.IntType(32), ir.IntType(32)]))
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(ir.IntType(32), 0),
+                          ir.Constant(ir.IntType(32), 3), ir.Constant(ir.IntType(32), 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen

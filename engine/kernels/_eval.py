@@ -27,7 +27,7 @@ from numba import njit
 
 from ._store import NO_BLOCK, _upper_bound, h_len, h_off, h_start
 from ._bits import (K_BOOL, K_NULL, K_NUMBER, K_STRING, bool_value, f2i, haversine_m, i2f,
-                    is_true, kind_of, null_value, number_or_null)
+                    is_true, kind_of, null_value, number_or_null, prefetch)
 
 INF_MS = np.iinfo(np.int64).max
 DAY_MS = 86_400_000
@@ -677,7 +677,24 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
     keys = np.empty(max_per + 1, dtype=np.int64)
     idx = np.empty(max_per + 1, dtype=np.int64)
     mt = np.empty(max_per + 1, dtype=np.int64)
+    ntypes = h.shape[1]
+    ntraits = traits.shape[1]
+    nwords = member.shape[1]
     for i in range(m):
+        # prefetch: user rows 8 ahead (headers, traits, bits, timer), event blocks 4 ahead
+        if i + 8 < m:
+            r8 = rows[i + 8]
+            prefetch(h, r8 * ntypes)
+            if ntraits:
+                prefetch(traits, r8 * ntraits)
+            prefetch(member, r8 * nwords)
+            prefetch(timer, r8)
+        if i + 4 < m:
+            r4 = rows[i + 4]
+            for t in range(ntypes):
+                hd = h[r4, t]
+                if hd != NO_BLOCK:
+                    prefetch(arena, h_off(hd) + h_start(hd) * width[t])
         r = rows[i]
         any_flip = False
         tmin = INF_MS

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._bits import null_value
+from ._bits import null_value, prefetch
 
 CAPS = np.array([1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768,
                  1024, 1536, 2048, 3072, 4096, 6144], dtype=np.int64)
@@ -97,7 +97,14 @@ def _append(start_i, rows, tids, ts, vals, src, width, arena, state, h, caps, cu
     n = rows.shape[0]
     last_cls = caps.shape[0] - 1
     size = arena.shape[0]
+    ntypes = h.shape[1]
     for i in range(start_i, n):
+        if i + 8 < n:  # users come in random order: start loading the next ones' lists early
+            prefetch(h, rows[i + 8] * ntypes + tids[i + 8])
+        if i + 4 < n:
+            h4 = h[rows[i + 4], tids[i + 4]]
+            if h4 != NO_BLOCK:
+                prefetch(arena, min(h_off(h4) + (h_start(h4) + h_len(h4)) * width[tids[i + 4]], size - 1))
         r = rows[i]
         t = tids[i]
         w = width[t]
