@@ -518,6 +518,11 @@ def _property_column(key, name: str, col, n: int, reasons: _Reasons, strings: _S
     if kinds == {"str"}:
         strings.add(key, name, np.arange(n, dtype=np.int64), list(seq))
         return np.full(n, NULL)
+    if kinds == {"str", "none"}:  # the usual form of an optional string property
+        objs = seq if isinstance(seq, np.ndarray) else np.fromiter(seq, dtype=object, count=n)
+        pos = np.flatnonzero(np.not_equal(objs, None))
+        strings.add(key, name, pos, objs[pos].tolist())
+        return np.full(n, NULL)
     if kinds <= {"int", "float", "none"}:
         try:
             return _boxed_numbers(np.asarray(seq, dtype=np.float64))  # None -> NaN -> NULL
