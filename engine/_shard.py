@@ -588,6 +588,11 @@ class ShardCore:
         return len(rows)
 
     # ------------------------------------------------------------------ introspection
+    def next_due_ms(self) -> int:
+        """Earliest time-driven change any user of this shard may have (INF_MS if none)."""
+        nb = (self.nrows >> TBLOCK_SHIFT) + 1
+        return int(self.tblock[:nb].min()) if self.nrows else INF_MS
+
     def retained_events(self) -> int:
         return int(KS._live_events(self.nrows, len(self.type_names), self.h))
 

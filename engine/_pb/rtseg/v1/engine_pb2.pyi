@@ -1,0 +1,415 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ValueKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VALUE_KIND_ABSENT: _ClassVar[ValueKind]
+    VALUE_KIND_NUMBER: _ClassVar[ValueKind]
+    VALUE_KIND_STRING: _ClassVar[ValueKind]
+    VALUE_KIND_BOOL: _ClassVar[ValueKind]
+
+class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KIND_UNSPECIFIED: _ClassVar[Kind]
+    ENTER: _ClassVar[Kind]
+    EXIT: _ClassVar[Kind]
+
+class Cause(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CAUSE_UNSPECIFIED: _ClassVar[Cause]
+    EVENT: _ClassVar[Cause]
+    TIME: _ClassVar[Cause]
+    TRAIT: _ClassVar[Cause]
+    SEGMENT_CREATED: _ClassVar[Cause]
+    SEGMENT_DELETED: _ClassVar[Cause]
+    MODEL_UPDATED: _ClassVar[Cause]
+    USER_DELETED: _ClassVar[Cause]
+VALUE_KIND_ABSENT: ValueKind
+VALUE_KIND_NUMBER: ValueKind
+VALUE_KIND_STRING: ValueKind
+VALUE_KIND_BOOL: ValueKind
+KIND_UNSPECIFIED: Kind
+ENTER: Kind
+EXIT: Kind
+CAUSE_UNSPECIFIED: Cause
+EVENT: Cause
+TIME: Cause
+TRAIT: Cause
+SEGMENT_CREATED: Cause
+SEGMENT_DELETED: Cause
+MODEL_UPDATED: Cause
+USER_DELETED: Cause
+
+class Value(_message.Message):
+    __slots__ = ("string_value", "number_value", "bool_value")
+    STRING_VALUE_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_VALUE_FIELD_NUMBER: _ClassVar[int]
+    BOOL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    string_value: str
+    number_value: float
+    bool_value: bool
+    def __init__(self, string_value: _Optional[str] = ..., number_value: _Optional[float] = ..., bool_value: _Optional[bool] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("user_id", "type", "timestamp_ms", "value", "properties")
+    class PropertiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    type: str
+    timestamp_ms: int
+    value: float
+    properties: _containers.MessageMap[str, Value]
+    def __init__(self, user_id: _Optional[str] = ..., type: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., value: _Optional[float] = ..., properties: _Optional[_Mapping[str, Value]] = ...) -> None: ...
+
+class StringColumn(_message.Message):
+    __slots__ = ("blob", "offsets", "codes")
+    BLOB_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    CODES_FIELD_NUMBER: _ClassVar[int]
+    blob: bytes
+    offsets: bytes
+    codes: bytes
+    def __init__(self, blob: _Optional[bytes] = ..., offsets: _Optional[bytes] = ..., codes: _Optional[bytes] = ...) -> None: ...
+
+class PropertyColumn(_message.Message):
+    __slots__ = ("name", "kinds", "numbers", "strings")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    NUMBERS_FIELD_NUMBER: _ClassVar[int]
+    STRINGS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kinds: bytes
+    numbers: bytes
+    strings: StringColumn
+    def __init__(self, name: _Optional[str] = ..., kinds: _Optional[bytes] = ..., numbers: _Optional[bytes] = ..., strings: _Optional[_Union[StringColumn, _Mapping]] = ...) -> None: ...
+
+class ColumnarEvents(_message.Message):
+    __slots__ = ("count", "user_ids", "types", "timestamp_ms", "values", "properties")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    TYPES_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    user_ids: StringColumn
+    types: StringColumn
+    timestamp_ms: bytes
+    values: bytes
+    properties: _containers.RepeatedCompositeFieldContainer[PropertyColumn]
+    def __init__(self, count: _Optional[int] = ..., user_ids: _Optional[_Union[StringColumn, _Mapping]] = ..., types: _Optional[_Union[StringColumn, _Mapping]] = ..., timestamp_ms: _Optional[bytes] = ..., values: _Optional[bytes] = ..., properties: _Optional[_Iterable[_Union[PropertyColumn, _Mapping]]] = ...) -> None: ...
+
+class EventBatch(_message.Message):
+    __slots__ = ("events", "columns")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    columns: ColumnarEvents
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., columns: _Optional[_Union[ColumnarEvents, _Mapping]] = ...) -> None: ...
+
+class Rejection(_message.Message):
+    __slots__ = ("index", "reason")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    reason: str
+    def __init__(self, index: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class IngestReply(_message.Message):
+    __slots__ = ("accepted", "rejected", "rejections", "now_ms")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    rejected: int
+    rejections: _containers.RepeatedCompositeFieldContainer[Rejection]
+    now_ms: int
+    def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[int] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., now_ms: _Optional[int] = ...) -> None: ...
+
+class TraitUpdate(_message.Message):
+    __slots__ = ("user_id", "traits", "timestamp_ms")
+    class TraitsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    TRAITS_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    traits: _containers.MessageMap[str, Value]
+    timestamp_ms: int
+    def __init__(self, user_id: _Optional[str] = ..., traits: _Optional[_Mapping[str, Value]] = ..., timestamp_ms: _Optional[int] = ...) -> None: ...
+
+class TraitBatch(_message.Message):
+    __slots__ = ("updates",)
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    updates: _containers.RepeatedCompositeFieldContainer[TraitUpdate]
+    def __init__(self, updates: _Optional[_Iterable[_Union[TraitUpdate, _Mapping]]] = ...) -> None: ...
+
+class SegmentSpec(_message.Message):
+    __slots__ = ("name", "expression", "description")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EXPRESSION_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    expression: str
+    description: str
+    def __init__(self, name: _Optional[str] = ..., expression: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+
+class SegmentRef(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class Segment(_message.Message):
+    __slots__ = ("name", "expression", "description", "size", "created_ms", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EXPRESSION_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_MS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    expression: str
+    description: str
+    size: int
+    created_ms: int
+    version: int
+    def __init__(self, name: _Optional[str] = ..., expression: _Optional[str] = ..., description: _Optional[str] = ..., size: _Optional[int] = ..., created_ms: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+
+class ListSegmentsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SegmentList(_message.Message):
+    __slots__ = ("segments",)
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    segments: _containers.RepeatedCompositeFieldContainer[Segment]
+    def __init__(self, segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ...) -> None: ...
+
+class Preview(_message.Message):
+    __slots__ = ("size", "sample_user_ids")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    sample_user_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, size: _Optional[int] = ..., sample_user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UserIdPage(_message.Message):
+    __slots__ = ("user_ids",)
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UserRef(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class UserView(_message.Message):
+    __slots__ = ("user_id", "known", "segments", "scores", "traits")
+    class ScoresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class TraitsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    TRAITS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    known: bool
+    segments: _containers.RepeatedScalarFieldContainer[str]
+    scores: _containers.ScalarMap[str, float]
+    traits: _containers.MessageMap[str, Value]
+    def __init__(self, user_id: _Optional[str] = ..., known: _Optional[bool] = ..., segments: _Optional[_Iterable[str]] = ..., scores: _Optional[_Mapping[str, float]] = ..., traits: _Optional[_Mapping[str, Value]] = ...) -> None: ...
+
+class SubscribeRequest(_message.Message):
+    __slots__ = ("segments", "after_sequence", "from_oldest", "retained_only")
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    FROM_OLDEST_FIELD_NUMBER: _ClassVar[int]
+    RETAINED_ONLY_FIELD_NUMBER: _ClassVar[int]
+    segments: _containers.RepeatedScalarFieldContainer[str]
+    after_sequence: int
+    from_oldest: bool
+    retained_only: bool
+    def __init__(self, segments: _Optional[_Iterable[str]] = ..., after_sequence: _Optional[int] = ..., from_oldest: _Optional[bool] = ..., retained_only: _Optional[bool] = ...) -> None: ...
+
+class Delta(_message.Message):
+    __slots__ = ("sequence", "segment", "user_id", "kind", "at_ms", "cause")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    AT_MS_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    segment: str
+    user_id: str
+    kind: Kind
+    at_ms: int
+    cause: Cause
+    def __init__(self, sequence: _Optional[int] = ..., segment: _Optional[str] = ..., user_id: _Optional[str] = ..., kind: _Optional[_Union[Kind, str]] = ..., at_ms: _Optional[int] = ..., cause: _Optional[_Union[Cause, str]] = ...) -> None: ...
+
+class DeltaPage(_message.Message):
+    __slots__ = ("deltas",)
+    DELTAS_FIELD_NUMBER: _ClassVar[int]
+    deltas: _containers.RepeatedCompositeFieldContainer[Delta]
+    def __init__(self, deltas: _Optional[_Iterable[_Union[Delta, _Mapping]]] = ...) -> None: ...
+
+class ClockRequest(_message.Message):
+    __slots__ = ("now_ms",)
+    NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    now_ms: int
+    def __init__(self, now_ms: _Optional[int] = ...) -> None: ...
+
+class ClockReply(_message.Message):
+    __slots__ = ("now_ms",)
+    NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    now_ms: int
+    def __init__(self, now_ms: _Optional[int] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ("gateway_only",)
+    GATEWAY_ONLY_FIELD_NUMBER: _ClassVar[int]
+    gateway_only: bool
+    def __init__(self, gateway_only: _Optional[bool] = ...) -> None: ...
+
+class Latency(_message.Message):
+    __slots__ = ("count", "p50_ms", "p99_ms", "p999_ms", "max_ms")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    P50_MS_FIELD_NUMBER: _ClassVar[int]
+    P99_MS_FIELD_NUMBER: _ClassVar[int]
+    P999_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MS_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+    def __init__(self, count: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., p999_ms: _Optional[float] = ..., max_ms: _Optional[float] = ...) -> None: ...
+
+class ShardStats(_message.Message):
+    __slots__ = ("shard", "slots", "users", "events", "events_applied", "events_dropped", "memory_bytes", "node", "apply_latency")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    APPLY_LATENCY_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    slots: int
+    users: int
+    events: int
+    events_applied: int
+    events_dropped: int
+    memory_bytes: int
+    node: str
+    apply_latency: Latency
+    def __init__(self, shard: _Optional[int] = ..., slots: _Optional[int] = ..., users: _Optional[int] = ..., events: _Optional[int] = ..., events_applied: _Optional[int] = ..., events_dropped: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., node: _Optional[str] = ..., apply_latency: _Optional[_Union[Latency, _Mapping]] = ...) -> None: ...
+
+class Stats(_message.Message):
+    __slots__ = ("events", "users", "segments", "shards", "shard_stats", "now_ms", "clock", "events_accepted", "events_rejected", "ingest_events_per_s", "ingest_latency", "round_latency", "first_sequence", "last_sequence", "subscribers", "uptime_ms", "retention_ms")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_STATS_FIELD_NUMBER: _ClassVar[int]
+    NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_REJECTED_FIELD_NUMBER: _ClassVar[int]
+    INGEST_EVENTS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    INGEST_LATENCY_FIELD_NUMBER: _ClassVar[int]
+    ROUND_LATENCY_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIBERS_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_MS_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_MS_FIELD_NUMBER: _ClassVar[int]
+    events: int
+    users: int
+    segments: int
+    shards: int
+    shard_stats: _containers.RepeatedCompositeFieldContainer[ShardStats]
+    now_ms: int
+    clock: str
+    events_accepted: int
+    events_rejected: int
+    ingest_events_per_s: float
+    ingest_latency: Latency
+    round_latency: Latency
+    first_sequence: int
+    last_sequence: int
+    subscribers: int
+    uptime_ms: int
+    retention_ms: int
+    def __init__(self, events: _Optional[int] = ..., users: _Optional[int] = ..., segments: _Optional[int] = ..., shards: _Optional[int] = ..., shard_stats: _Optional[_Iterable[_Union[ShardStats, _Mapping]]] = ..., now_ms: _Optional[int] = ..., clock: _Optional[str] = ..., events_accepted: _Optional[int] = ..., events_rejected: _Optional[int] = ..., ingest_events_per_s: _Optional[float] = ..., ingest_latency: _Optional[_Union[Latency, _Mapping]] = ..., round_latency: _Optional[_Union[Latency, _Mapping]] = ..., first_sequence: _Optional[int] = ..., last_sequence: _Optional[int] = ..., subscribers: _Optional[int] = ..., uptime_ms: _Optional[int] = ..., retention_ms: _Optional[int] = ...) -> None: ...
+
+class ScaleRequest(_message.Message):
+    __slots__ = ("shards",)
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    shards: int
+    def __init__(self, shards: _Optional[int] = ...) -> None: ...
+
+class ScaleReply(_message.Message):
+    __slots__ = ("shards", "slots_moved", "duration_ms")
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_MOVED_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    shards: int
+    slots_moved: int
+    duration_ms: int
+    def __init__(self, shards: _Optional[int] = ..., slots_moved: _Optional[int] = ..., duration_ms: _Optional[int] = ...) -> None: ...
+
+class ResetRequest(_message.Message):
+    __slots__ = ("clock", "retention_ms", "max_events_per_type")
+    CLOCK_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_EVENTS_PER_TYPE_FIELD_NUMBER: _ClassVar[int]
+    clock: str
+    retention_ms: int
+    max_events_per_type: int
+    def __init__(self, clock: _Optional[str] = ..., retention_ms: _Optional[int] = ..., max_events_per_type: _Optional[int] = ...) -> None: ...
+
+class ResetReply(_message.Message):
+    __slots__ = ("now_ms",)
+    NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    now_ms: int
+    def __init__(self, now_ms: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,195 @@
+"""The server's one configuration object: flags, then ``RTSEG_*`` environment variables, then
+defaults, read once into a frozen :class:`ServerConfig`.
+
+Every option is declared once in ``OPTIONS``; the command line (``rtseg serve --help`` shows
+the variable of each flag), the environment reader and the validation all come from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping
+
+from engine.errors import ConfigError
+
+ENV_PREFIX = "RTSEG_"
+
+
+
+def parse_duration_ms(text: str | int) -> int:
+    """``"30d"`` -> 2592000000 (the engine's own duration rules)."""
+    from engine._units import parse_duration_ms as parse
+
+    return parse(text, "retention")
+
+
+def _clock(text: str) -> str:
+    if text not in ("wall", "event"):
+        raise ConfigError(f"--clock must be 'wall' or 'event', not {text!r}")
+    return text
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise ConfigError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port out of range: {port}")
+    return port
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise ConfigError(f"not an integer: {text!r}") from None
+    if n < 1:
+        raise ConfigError(f"must be at least 1: {n}")
+    return n
+
+
+def _optional_str(text: str) -> str | None:
+    return text or None
+
+
+def _bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"not a yes/no value: {text!r} (use 1/0, true/false)")
+
+
+@dataclass(frozen=True)
+class _Option:
+    field: str
+    flag: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    metavar: str | None = None
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.field.upper()
+
+
+OPTIONS: tuple[_Option, ...] = (
+    _Option("host", "--host", str, "127.0.0.1", "address to listen on"),
+    _Option("port", "--port", _port, 50051, "gRPC port (0: pick a free one)"),
+    _Option("shards", "--shards", _positive_int, None,
+            "number of shard actors (default: one per CPU)", "N"),
+    _Option("clock", "--clock", _clock, "wall", "wall (UTC clock) or event (event time)",
+            "wall|event"),
+    _Option("retention", "--retention", str, "30d", "how long events are kept, e.g. 30d",
+            "DURATION"),
+    _Option("data_dir", "--data-dir", str, "./rtseg-data", "directory for durable state",
+            "DIR"),
+    _Option("address", "--address", _optional_str, None,
+            "join this Ray cluster instead of starting a local Ray", "RAY_ADDRESS"),
+    _Option("tls_cert", "--tls-cert", _optional_str, None, "PEM certificate: serve TLS",
+            "FILE"),
+    _Option("tls_key", "--tls-key", _optional_str, None, "PEM private key of --tls-cert",
+            "FILE"),
+    _Option("token", "--token", _optional_str, None,
+            "require 'authorization: Bearer TOKEN' on every call", "TOKEN"),
+    _Option("flush_events", "--flush-events", _positive_int, 65536,
+            "micro-batch: flush a shard's batch at this many events", "N"),
+    _Option("flush_interval_us", "--flush-interval-us", _positive_int, 300,
+            "micro-batch: flush at the latest this long after the first waiting event", "US"),
+    _Option("tick_interval_ms", "--tick-interval-ms", _positive_int, 10,
+            "wall clock: how often due timers are fired", "MS"),
+    _Option("delta_log_size", "--delta-log-size", _positive_int, 1_000_000,
+            "deltas kept for Subscribe resume", "N"),
+    _Option("object_store_mb", "--object-store-mb", _positive_int, 256,
+            "object store of the embedded local Ray, in MB", "MB"),
+    _Option("max_events_per_type", "--max-events-per-type", _positive_int, 4096,
+            "events kept per user and event type (at most 4096)", "N"),
+    _Option("allow_reset", "--allow-reset", _bool, False,
+            "accept the Reset RPC, which forgets everything (for tests only)"),
+)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Validated, immutable settings of ``rtseg serve``."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    shards: int | None = None
+    clock: str = "wall"
+    retention: str = "30d"
+    data_dir: str = "./rtseg-data"
+    address: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    token: str | None = None
+    flush_events: int = 65536
+    flush_interval_us: int = 300
+    tick_interval_ms: int = 10
+    delta_log_size: int = 1_000_000
+    object_store_mb: int = 256
+    max_events_per_type: int = 4096
+    allow_reset: bool = False
+
+    def __post_init__(self) -> None:
+        _clock(self.clock)
+        parse_duration_ms(self.retention)
+        if self.shards is not None and self.shards < 1:
+            raise ConfigError(f"shards must be at least 1: {self.shards}")
+        if not 1 <= self.max_events_per_type <= 4096:
+            raise ConfigError(f"max_events_per_type must be between 1 and 4096: {self.max_events_per_type}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
+
+    @property
+    def retention_ms(self) -> int:
+        return parse_duration_ms(self.retention)
+
+    @property
+    def shard_count(self) -> int:
+        return self.shards or max(1, os.cpu_count() or 1)
+
+    @property
+    def listen(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def replace(self, **changes: Any) -> "ServerConfig":
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return ServerConfig(**values)
+
+    @classmethod
+    def load(cls, args: argparse.Namespace | Mapping[str, Any] | None = None,
+             env: Mapping[str, str] | None = None) -> "ServerConfig":
+        """Flags (``None`` = not given) > ``RTSEG_*`` variables > defaults."""
+        given = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for opt in OPTIONS:
+            if given.get(opt.field) is not None:
+                raw = given[opt.field]
+            elif env.get(opt.env, "") != "":
+                raw = env[opt.env]
+            else:
+                values[opt.field] = opt.default
+                continue
+            values[opt.field] = opt.parse(raw) if isinstance(raw, str) else raw
+        return cls(**values)
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every option as a flag whose help names its environment variable and default."""
+    for opt in OPTIONS:
+        default = "one per CPU" if opt.field == "shards" else opt.default
+        help_text = f"{opt.help} [env {opt.env}; default {default}]"
+        if opt.parse is _bool:
+            parser.add_argument(opt.flag, dest=opt.field, default=None, action="store_const",
+                                const="1", help=help_text)
+        else:
+            parser.add_argument(opt.flag, dest=opt.field, default=None, metavar=opt.metavar,
+                                help=help_text)

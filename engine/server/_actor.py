@@ -1,0 +1,185 @@
+"""ShardActor: a thin Ray actor around ``ShardCore``.
+
+The actor holds no logic of its own: the gateway decides the clock, the routing and the order
+of operations, and sends each shard one call per micro-batch round (``run``) holding every
+step of that round in order. ``ShardHost`` is the plain class (tested without Ray);
+``ShardActor`` is the Ray actor class made from it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+# Step kinds of a round; a step is (kind, payload, now_ms).
+STEP_EVENTS = 1     # payload: EventColumns
+STEP_TRAITS = 2     # payload: TraitColumns
+STEP_ADVANCE = 3    # payload: None
+
+# ShardCore methods that the gateway may call through ``call``/``calls``.
+_CALLABLE = frozenset({
+    "create_segment", "replace_segment", "delete_segment", "preview", "members",
+    "segment_size", "user_view", "delete_user", "stats", "memory", "export_slots",
+    "import_state", "drop_slots", "advance", "next_due_ms",
+})
+
+NO_TIMER_MS = 2**63 - 1
+
+
+class ShardHost:
+    """Owns one ShardCore and executes the gateway's steps on it."""
+
+    def __init__(self, shard_id: int, core_kwargs: dict[str, Any]):
+        from engine._shard import ShardCore
+
+        self.shard_id = shard_id
+        self.core = ShardCore(**core_kwargs)
+        self.events_applied = 0
+        self._apply_ms: list[float] = []
+
+    def reset(self, core_kwargs: dict[str, Any]) -> None:
+        """Start again with an empty core (the gateway's Reset, for tests)."""
+        from engine._shard import ShardCore
+
+        self.core = ShardCore(**core_kwargs)
+        self.events_applied = 0
+        self._apply_ms.clear()
+
+    def ready(self, warm_up: bool = True) -> dict:
+        """Where the shard runs (also proves the actor started and imported the engine)."""
+        if warm_up:
+            self.warm_up()
+        node = ""
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            node = ray.get_runtime_context().get_node_id()
+        return {"shard": self.shard_id, "pid": os.getpid(), "host": socket.gethostname(),
+                "node": node}
+
+    def run(self, steps: list[tuple[int, Any, int]]) -> tuple[list, int]:
+        """Apply the steps in order; -> (one DeltaBatch per step, next timer due in ms)."""
+        core = self.core
+        out = []
+        t0 = time.perf_counter()
+        for kind, payload, now_ms in steps:
+            if kind == STEP_EVENTS:
+                out.append(core.apply_events(payload, now_ms))
+                self.events_applied += len(payload.timestamp_ms)
+            elif kind == STEP_TRAITS:
+                out.append(core.apply_traits(payload, now_ms))
+            elif kind == STEP_ADVANCE:
+                out.append(core.advance(now_ms))
+            else:
+                raise ValueError(f"unknown step kind {kind}")
+        self._apply_ms.append((time.perf_counter() - t0) * 1000.0)
+        if len(self._apply_ms) > 4096:
+            del self._apply_ms[:2048]
+        return out, self.next_due_ms()
+
+    def next_due_ms(self) -> int:
+        """Earliest time-driven change of any user of this shard (NO_TIMER_MS when none)."""
+        due = self.core.next_due_ms()
+        return NO_TIMER_MS if due >= NO_TIMER_MS else int(due)
+
+    def warm_up(self) -> None:
+        """Run every kernel once on a scratch core, so that JIT compilation (or loading the
+        compiled cache) happens at start-up rather than on the first request."""
+        from engine._batch import prepare_events, prepare_traits
+        from engine._segments import SegmentRegistry
+        from engine._shard import ShardCore
+
+        day = 86_400_000
+        core = ShardCore(retention_ms=30 * day)
+        reg = SegmentRegistry(retention_ms=30 * day)
+        t0 = 1_700_000_000_000
+        defn = reg.validate("warm", 'count(a, 1d) >= 1 and trait.k == "x"', now_ms=t0)
+        core.create_segment(defn, t0)
+        cols, _ = prepare_events(["u", "v"], ["a", "a"], [t0, t0 + 1], [1.0, 2.0],
+                                 {"p": ["s", 1.0]}, now_ms=t0, retention_ms=30 * day,
+                                 clock="event")
+        core.apply_events(cols, t0 + 1)
+        tcols, _ = prepare_traits([("u", {"k": "x"}, None)], now_ms=t0 + 1,
+                                  retention_ms=30 * day, clock="event")
+        core.apply_traits(tcols, t0 + 1)
+        core.advance(t0 + 2 * day)
+
+    def call(self, method: str, *args: Any) -> Any:
+        if method not in _CALLABLE:
+            raise AttributeError(f"ShardCore.{method} is not callable remotely")
+        if method == "next_due_ms":
+            return self.next_due_ms()
+        return getattr(self.core, method)(*args)
+
+    def calls(self, calls: list[tuple[str, tuple]]) -> list:
+        """Several ``call``s in one round trip."""
+        return [self.call(m, *a) for m, a in calls]
+
+    def host_stats(self) -> dict:
+        import numpy as np
+
+        stats = dict(self.core.stats())
+        try:
+            mem = self.core.memory()
+            stats["memory_bytes"] = int(mem.get("bytes_total", 0)) if isinstance(mem, dict) else int(mem)
+        except Exception:  # noqa: BLE001 - memory accounting is optional
+            stats.setdefault("memory_bytes", 0)
+        stats.setdefault("events", int(stats.get("events_retained", 0)))
+        stats["events_applied"] = self.events_applied
+        lat = np.asarray(self._apply_ms or [0.0])
+        stats["apply_latency"] = {
+            "count": len(self._apply_ms),
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+            "p999_ms": float(np.percentile(lat, 99.9)), "max_ms": float(lat.max())}
+        return stats
+
+
+_actor_class = None
+
+
+def shard_actor_class():
+    """``ShardActor``: the Ray actor class around :class:`ShardHost` (made once, lazily, so
+    that importing this module does not import Ray). ``num_cpus=0``: shards are mostly idle
+    between rounds and several of them share the machine's cores."""
+    global _actor_class
+    if _actor_class is None:
+        import ray
+
+        _actor_class = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=1)(ShardHost)
+    return _actor_class
+
+
+def __getattr__(name: str):
+    if name == "ShardActor":
+        return shard_actor_class()
+    raise AttributeError(name)
+
+
+class _LocalMethod:
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn):
+        self._fn = fn
+
+    def remote(self, *args, **kwargs):
+        import asyncio
+
+        fut = asyncio.get_running_loop().create_future()
+        try:
+            fut.set_result(self._fn(*args, **kwargs))
+        except Exception as exc:  # noqa: BLE001 - delivered like a Ray task error
+            fut.set_exception(exc)
+        return fut
+
+
+class LocalShard:
+    """A ShardHost in this process behind the actor's ``handle.method.remote(...)`` interface
+    (awaitable results): the gateway without Ray, for tests and debugging."""
+
+    def __init__(self, shard_id: int, core_kwargs: dict[str, Any]):
+        self._host = ShardHost(shard_id, core_kwargs)
+
+    def __getattr__(self, name: str) -> _LocalMethod:
+        return _LocalMethod(getattr(self._host, name))

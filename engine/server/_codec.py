@@ -1,0 +1,367 @@
+"""Conversions between protobuf messages and the plain columns the engine takes.
+
+Shared by the gateway (decode) and ``engine.client`` (encode). Columns are the arguments of
+``Engine.ingest_columns``: ``user_id``/``type`` sequences of str, ``timestamp_ms`` int64,
+``value`` float64, ``properties`` name -> object array of str/float/bool/None.
+
+Numeric arrays of ``ColumnarEvents`` travel as raw little-endian bytes, so neither side loops
+over rows for them; string columns are dictionary-encoded (distinct strings once, int32 codes).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from engine._pb import pb
+
+_I64 = np.dtype("<i8")
+_I32 = np.dtype("<i4")
+_F64 = np.dtype("<f8")
+
+ABSENT, NUMBER, STRING, BOOL = (pb.VALUE_KIND_ABSENT, pb.VALUE_KIND_NUMBER,
+                                pb.VALUE_KIND_STRING, pb.VALUE_KIND_BOOL)
+_BOOLS = np.array([False, True], dtype=object)
+
+
+# ----------------------------------------------------------------------------- single values
+
+
+def value_to_pb(v: Any, out: "pb.Value | None" = None) -> "pb.Value":
+    """str/number/bool -> Value; None -> a Value with no kind (absent / unset)."""
+    out = pb.Value() if out is None else out
+    if v is None:
+        return out
+    if isinstance(v, (bool, np.bool_)):
+        out.bool_value = bool(v)
+    elif isinstance(v, str):
+        out.string_value = v
+    elif isinstance(v, (int, float, np.integer, np.floating)):
+        out.number_value = float(v)
+    else:
+        raise TypeError(f"a value must be a string, number, bool or None, not {type(v).__name__}")
+    return out
+
+
+def value_from_pb(v: "pb.Value") -> Any:
+    kind = v.WhichOneof("kind")
+    if kind is None:
+        return None
+    return getattr(v, kind)
+
+
+def is_representable(v: Any) -> bool:
+    return v is None or isinstance(v, (str, bool, int, float, np.bool_, np.integer, np.floating))
+
+
+# ----------------------------------------------------------------------------- string columns
+
+
+def _encode_plain(seq: list, out: "pb.StringColumn") -> bool:
+    """Fast path for n strings without None: C-speed joins and a numpy scan, no Python loop
+    per row. Low-cardinality columns are dictionary-encoded, others sent row by row.
+    False when the fast path does not apply (None, non-str, NUL or non-UTF-8 values)."""
+    n = len(seq)
+    try:
+        distinct = set(seq)
+    except TypeError:
+        return False
+    if len(distinct) * 2 <= n:
+        uniq = list(distinct)
+        try:
+            table = {u: i for i, u in enumerate(uniq)}
+            codes = np.fromiter(map(table.__getitem__, seq), dtype=_I32, count=n)
+        except TypeError:
+            return False
+    else:
+        uniq = seq
+        codes = np.arange(n, dtype=_I32)
+    try:
+        data = "\0".join(uniq).encode("utf-8")
+    except (TypeError, UnicodeEncodeError):
+        return False
+    raw = np.frombuffer(data, dtype=np.uint8)
+    seps = np.flatnonzero(raw == 0)
+    if len(seps) != len(uniq) - 1:
+        return False                       # a value holds NUL: let the careful path see it
+    offsets = np.empty(len(uniq) + 1, _I64)
+    offsets[0] = 0
+    # distinct j occupies data[start_j : seps[j]]; without separators the ends move left by j
+    offsets[1:-1] = seps - np.arange(len(seps))
+    offsets[-1] = len(data) - len(seps)
+    out.blob = data.replace(b"\0", b"") if len(seps) else data
+    out.offsets = offsets.tobytes()
+    out.codes = codes.tobytes()
+    return True
+
+
+def encode_strings(values: Sequence[Any] | np.ndarray, out: "pb.StringColumn") -> None:
+    """Dictionary-encode n strings (None -> code -1) into ``out``."""
+    arr = values if isinstance(values, np.ndarray) else None
+    if arr is None or arr.dtype == object:
+        seq = arr.tolist() if arr is not None else values
+        if not isinstance(seq, list):
+            seq = list(seq)
+        if seq and _encode_plain(seq, out):
+            return
+        values = seq
+        arr = None
+    if arr is not None and arr.dtype.kind in "US":
+        uniques, codes = np.unique(arr, return_inverse=True)
+        uniq_list = [str(u) for u in uniques.tolist()]
+        codes = codes.astype(_I32)
+    else:
+        table: dict[str, int] = {}
+        code_list = []
+        for s in (values.tolist() if arr is not None else values):
+            if s is None:
+                code_list.append(-1)
+            else:
+                code = table.get(s)
+                if code is None:
+                    if not isinstance(s, str):
+                        raise TypeError(f"expected a string, got {type(s).__name__}: {s!r}")
+                    code = table[s] = len(table)
+                code_list.append(code)
+        uniq_list = list(table)
+        codes = np.asarray(code_list, dtype=_I32)
+    encoded = [u.encode("utf-8") for u in uniq_list]
+    offsets = np.zeros(len(encoded) + 1, _I64)
+    if encoded:
+        np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    out.blob = b"".join(encoded)
+    out.offsets = offsets.tobytes()
+    out.codes = codes.tobytes()
+
+
+def decode_strings(col: "pb.StringColumn", n: int, what: str) -> np.ndarray:
+    """-> object array of n str (None where the code is -1)."""
+    codes = np.frombuffer(col.codes, dtype=_I32) if col.codes else np.zeros(0, _I32)
+    if len(codes) != n:
+        raise ValueError(f"columns: {what} has {len(codes)} codes for {n} rows")
+    offsets = np.frombuffer(col.offsets, dtype=_I64) if col.offsets else np.zeros(1, _I64)
+    k = len(offsets) - 1
+    blob = bytes(col.blob)
+    if k < 0 or (k and (offsets[0] != 0 or offsets[-1] != len(blob) or np.any(np.diff(offsets) < 0))):
+        raise ValueError(f"columns: {what} has inconsistent offsets")
+    if n and (codes.min(initial=0) < -1 or codes.max(initial=-1) >= k):
+        raise ValueError(f"columns: {what} has a code outside its {k} strings")
+    try:
+        raw = np.frombuffer(blob, dtype=np.uint8)
+        if k > 1 and not np.any(raw == 0):
+            # one C-speed decode: put NUL separators at the boundaries, then split on them
+            joined = np.insert(raw, offsets[1:-1], 0).tobytes().decode("utf-8")
+            uniques = joined.split("\0")
+        else:
+            bounds = offsets.tolist()
+            uniques = [blob[bounds[j]:bounds[j + 1]].decode("utf-8") for j in range(k)]
+    except UnicodeDecodeError:
+        raise ValueError(f"columns: {what} is not valid UTF-8") from None
+    table = np.empty(k + 1, dtype=object)
+    table[:k] = uniques
+    table[k] = None
+    # code -1 indexes the trailing None
+    return table[np.where(codes < 0, k, codes)]
+
+
+# ----------------------------------------------------------------------------- event columns
+
+
+def encode_columns(user_id, type, timestamp_ms, value=None, properties=None) -> "pb.ColumnarEvents":
+    """Plain columns (as ``Engine.ingest_columns`` takes them) -> ColumnarEvents."""
+    n = len(user_id)
+    msg = pb.ColumnarEvents(count=n)
+    if len(type) != n or len(timestamp_ms) != n:
+        raise ValueError("user_id, type and timestamp_ms must have the same length")
+    encode_strings(user_id, msg.user_ids)
+    encode_strings(type, msg.types)
+    ts = np.asarray(timestamp_ms)
+    if ts.dtype.kind == "f":
+        if not np.all(np.isfinite(ts)) or np.any(ts != np.floor(ts)):
+            raise ValueError("timestamp_ms must hold integer milliseconds")
+    msg.timestamp_ms = ts.astype(_I64).tobytes()
+    if value is not None:
+        vals = np.asarray(value, dtype=_F64)
+        if len(vals) != n:
+            raise ValueError("value must have the same length as user_id")
+        msg.values = vals.tobytes()
+    for name, column in (properties or {}).items():
+        encode_property(name, column, n, msg.properties.add())
+    return msg
+
+
+def encode_property(name: str, column, n: int, out: "pb.PropertyColumn") -> None:
+    out.name = name
+    arr = column if isinstance(column, np.ndarray) else None
+    if arr is not None and arr.dtype.kind in "fiu":
+        numbers = arr.astype(_F64)
+        kinds = np.where(np.isnan(numbers), ABSENT, NUMBER).astype(np.uint8)
+        out.kinds = kinds.tobytes()
+        out.numbers = numbers.tobytes()
+        out.strings.codes = np.full(n, -1, _I32).tobytes()
+        out.strings.offsets = np.zeros(1, _I64).tobytes()
+        return
+    if arr is not None and arr.dtype.kind in "US":
+        out.kinds = np.full(n, STRING, np.uint8).tobytes()
+        encode_strings(arr, out.strings)
+        return
+    items = column.tolist() if arr is not None else list(column)
+    if len(items) != n:
+        raise ValueError(f"property {name!r} must have one value per event")
+    kinds_seen = set(map(type, items))
+    if kinds_seen == {str}:                 # the common case: no Python loop per row
+        out.kinds = np.full(n, STRING, np.uint8).tobytes()
+        encode_strings(items, out.strings)
+        return
+    if kinds_seen and kinds_seen <= {float, int} and n:
+        numbers = np.asarray(items, dtype=_F64)
+        out.kinds = np.where(np.isnan(numbers), ABSENT, NUMBER).astype(np.uint8).tobytes()
+        out.numbers = numbers.tobytes()
+        out.strings.codes = np.full(n, -1, _I32).tobytes()
+        out.strings.offsets = np.zeros(1, _I64).tobytes()
+        return
+    kinds = np.zeros(n, np.uint8)
+    numbers = np.zeros(n, _F64)
+    strings: list[str | None] = [None] * n
+    for i, v in enumerate(items):
+        if v is None:
+            continue
+        if isinstance(v, (bool, np.bool_)):
+            kinds[i] = BOOL
+            numbers[i] = 1.0 if v else 0.0
+        elif isinstance(v, str):
+            kinds[i] = STRING
+            strings[i] = v
+        elif isinstance(v, (int, float, np.integer, np.floating)):
+            if isinstance(v, float) and math.isnan(v):
+                continue
+            kinds[i] = NUMBER
+            numbers[i] = float(v)
+        else:
+            raise TypeError(f"property {name!r}: a value must be str, number, bool or None, "
+                            f"not {type(v).__name__}")
+    out.kinds = kinds.tobytes()
+    out.numbers = numbers.tobytes()
+    encode_strings(strings, out.strings)
+
+
+def decode_columns(msg: "pb.ColumnarEvents") -> dict:
+    """ColumnarEvents -> plain columns; ValueError when the arrays do not fit together."""
+    n = int(msg.count)
+    if len(msg.timestamp_ms) != 8 * n:
+        raise ValueError(f"columns: timestamp_ms has {len(msg.timestamp_ms) // 8} values for {n} rows")
+    ts = np.frombuffer(msg.timestamp_ms, dtype=_I64).astype(np.int64)
+    if msg.values:
+        if len(msg.values) != 8 * n:
+            raise ValueError(f"columns: values has {len(msg.values) // 8} values for {n} rows")
+        vals = np.frombuffer(msg.values, dtype=_F64).astype(np.float64)
+    else:
+        vals = np.zeros(n, np.float64)
+    props = {}
+    for pc in msg.properties:
+        if pc.name in props:
+            raise ValueError(f"columns: property {pc.name!r} given twice")
+        props[pc.name] = decode_property(pc, n)
+    return {"user_id": decode_strings(msg.user_ids, n, "user_ids"),
+            "type": decode_strings(msg.types, n, "types"),
+            "timestamp_ms": ts, "value": vals, "properties": props}
+
+
+def decode_property(pc: "pb.PropertyColumn", n: int) -> np.ndarray:
+    kinds = np.frombuffer(pc.kinds, dtype=np.uint8)
+    if len(kinds) != n:
+        raise ValueError(f"columns: property {pc.name!r} has {len(kinds)} kinds for {n} rows")
+    out = np.full(n, None, dtype=object)
+    numeric = (kinds == NUMBER) | (kinds == BOOL)
+    if numeric.any():
+        if len(pc.numbers) != 8 * n:
+            raise ValueError(f"columns: property {pc.name!r} needs {n} numbers")
+        numbers = np.frombuffer(pc.numbers, dtype=_F64)
+        m = kinds == NUMBER
+        if m.any():
+            out[m] = numbers[m].tolist()
+        m = kinds == BOOL
+        if m.any():
+            out[m] = _BOOLS[(numbers[m] != 0).astype(np.int64)]
+    m = kinds == STRING
+    if m.any():
+        strings = decode_strings(pc.strings, n, f"property {pc.name!r}")
+        out[m] = strings[m]
+    return out
+
+
+def events_to_columns(events: Iterable["pb.Event"]) -> dict:
+    """Event messages -> plain columns (properties absent where an event lacks them)."""
+    events = list(events)
+    n = len(events)
+    props: dict[str, np.ndarray] = {}
+    for i, ev in enumerate(events):
+        for name, v in ev.properties.items():
+            col = props.get(name)
+            if col is None:
+                col = props[name] = np.full(n, None, dtype=object)
+            col[i] = value_from_pb(v)
+    return {"user_id": [ev.user_id for ev in events],
+            "type": [ev.type for ev in events],
+            "timestamp_ms": np.fromiter((ev.timestamp_ms for ev in events), np.int64, n),
+            "value": np.fromiter((ev.value for ev in events), np.float64, n),
+            "properties": props}
+
+
+def concat_columns(a: dict, b: dict) -> dict:
+    """Rows of ``a`` then rows of ``b``."""
+    na, nb = len(a["user_id"]), len(b["user_id"])
+    if nb == 0:
+        return a
+    if na == 0:
+        return b
+    props = {}
+    for name in set(a["properties"]) | set(b["properties"]):
+        pa = a["properties"].get(name)
+        pb_ = b["properties"].get(name)
+        props[name] = np.concatenate([pa if pa is not None else np.full(na, None, dtype=object),
+                                      pb_ if pb_ is not None else np.full(nb, None, dtype=object)])
+    return {"user_id": np.concatenate([np.asarray(a["user_id"], dtype=object),
+                                       np.asarray(b["user_id"], dtype=object)]),
+            "type": np.concatenate([np.asarray(a["type"], dtype=object),
+                                    np.asarray(b["type"], dtype=object)]),
+            "timestamp_ms": np.concatenate([a["timestamp_ms"], b["timestamp_ms"]]),
+            "value": np.concatenate([a["value"], b["value"]]),
+            "properties": props}
+
+
+def batch_to_columns(batch: "pb.EventBatch") -> dict:
+    """An EventBatch (events, columns or both) -> one set of plain columns."""
+    cols = events_to_columns(batch.events)
+    if batch.HasField("columns"):
+        cols = concat_columns(cols, decode_columns(batch.columns))
+    return cols
+
+
+def event_dict_to_pb(ev: Mapping[str, Any], out: "pb.Event") -> None:
+    """A dict as ``Engine.ingest`` takes it -> Event (TypeError/ValueError if it cannot be)."""
+    uid, typ = ev.get("user_id"), ev.get("type")
+    if not isinstance(uid, str) or not isinstance(typ, str):
+        raise TypeError("user_id and type must be strings")
+    ts = ev.get("timestamp_ms")
+    if isinstance(ts, bool) or not isinstance(ts, (int, np.integer)):
+        raise TypeError("timestamp_ms must be an integer")
+    out.user_id = uid
+    out.type = typ
+    out.timestamp_ms = int(ts)
+    val = ev.get("value", 0.0)
+    if val is not None:
+        if isinstance(val, bool) or not isinstance(val, (int, float, np.integer, np.floating)):
+            raise TypeError("value must be a number")
+        out.value = float(val)
+    props = ev.get("properties") or {}
+    if not isinstance(props, Mapping):
+        raise TypeError("properties must be a mapping")
+    for name, v in props.items():
+        if not isinstance(name, str) or not is_representable(v):
+            raise TypeError("property names are strings and values str/number/bool/None")
+        if v is None:
+            continue
+        value_to_pb(v, out.properties[name])

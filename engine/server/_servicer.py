@@ -1,0 +1,236 @@
+"""The thin servicer of ``rtseg.v1.SegmentEngine``: messages in, gateway calls, messages out.
+
+Errors from the engine are turned into status codes by ``_errors.abort_with`` (one place).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import logging
+import math
+
+import grpc
+
+from engine._pb import pb, pb_grpc
+from engine.server import _codec as codec
+from engine.server._errors import abort_with
+from engine.server._gateway import Gateway, IngestResult
+
+log = logging.getLogger("rtseg.servicer")
+
+EXPORT_PAGE = 1000
+STREAM_WINDOW = 8            # IngestStream: batches queued before the oldest is answered
+START_SEQUENCE_KEY = "rtseg-start-sequence"
+_KIND = {"ENTER": pb.ENTER, "EXIT": pb.EXIT}
+_CAUSE = {name: pb.Cause.Value(name) for name in pb.Cause.keys()}
+
+
+def _unary(fn):
+    """Map engine errors of a unary handler to status codes."""
+
+    @functools.wraps(fn)
+    async def wrapper(self, request, context):
+        try:
+            return await fn(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every error becomes a status
+            if _is_internal(exc):
+                log.exception("%s failed", fn.__name__)
+            await abort_with(context, exc)
+
+    return wrapper
+
+
+def _is_internal(exc: BaseException) -> bool:
+    from engine.errors import EngineError
+
+    return not isinstance(exc, (EngineError, ValueError, TypeError))
+
+
+def _segment_pb(d: dict) -> "pb.Segment":
+    return pb.Segment(name=d["name"], expression=d["expression"], description=d["description"],
+                      size=d["size"], created_ms=d["created_ms"], version=d["version"])
+
+
+def _reply(res: IngestResult, index_offset: int = 0) -> "pb.IngestReply":
+    return pb.IngestReply(
+        accepted=res.accepted, rejected=res.rejected, now_ms=res.now_ms,
+        rejections=[pb.Rejection(index=r.index + index_offset, reason=r.reason)
+                    for r in res.rejections])
+
+
+def _user_view_pb(user_id: str, view: dict) -> "pb.UserView":
+    out = pb.UserView(user_id=user_id, known=view["known"], segments=view["segments"])
+    for name, score in view["scores"].items():
+        if score is not None and not math.isnan(score):
+            out.scores[name] = float(score)
+    for name, value in view["traits"].items():
+        if value is not None:
+            codec.value_to_pb(value, out.traits[name])
+    return out
+
+
+def delta_pb(d) -> "pb.Delta":
+    return pb.Delta(sequence=d.sequence, segment=d.segment, user_id=d.user_id,
+                    kind=_KIND.get(d.kind, 0), at_ms=d.at_ms, cause=_CAUSE.get(d.cause, 0))
+
+
+class SegmentEngineServicer(pb_grpc.SegmentEngineServicer):
+    def __init__(self, gateway: Gateway):
+        self.gw = gateway
+
+    # ------------------------------------------------------------------ ingestion
+
+    @_unary
+    async def Ingest(self, request, context):
+        return _reply(await self.gw.ingest(codec.batch_to_columns(request)))
+
+    @_unary
+    async def IngestStream(self, request_iterator, context):
+        """Batches are queued as they arrive (up to STREAM_WINDOW unanswered), so consecutive
+        batches of one stream share micro-batch rounds; they are applied in stream order."""
+        total = pb.IngestReply(now_ms=self.gw.now_ms)
+        pending: collections.deque = collections.deque()
+
+        async def settle_one():
+            task, offset = pending.popleft()
+            part = _reply(await task, offset)
+            total.accepted += part.accepted
+            total.rejected += part.rejected
+            total.rejections.extend(part.rejections)
+            total.now_ms = part.now_ms
+
+        offset = 0
+        try:
+            async for batch in request_iterator:
+                cols = codec.batch_to_columns(batch)
+                pending.append((asyncio.ensure_future(self.gw.ingest(cols)), offset))
+                offset += len(cols["timestamp_ms"])
+                while len(pending) >= STREAM_WINDOW:
+                    await settle_one()
+            while pending:
+                await settle_one()
+        finally:
+            for task, _ in pending:
+                task.cancel()
+        return total
+
+    @_unary
+    async def SetTraits(self, request, context):
+        updates = [(u.user_id, {k: codec.value_from_pb(v) for k, v in u.traits.items()},
+                    u.timestamp_ms or None) for u in request.updates]
+        return _reply(await self.gw.set_traits(updates))
+
+    # ------------------------------------------------------------------ segments
+
+    @_unary
+    async def CreateSegment(self, request, context):
+        return _segment_pb(await self.gw.create_segment(
+            request.name, request.expression, request.description))
+
+    @_unary
+    async def ReplaceSegment(self, request, context):
+        return _segment_pb(await self.gw.replace_segment(
+            request.name, request.expression, request.description))
+
+    @_unary
+    async def GetSegment(self, request, context):
+        return _segment_pb(await self.gw.get_segment(request.name))
+
+    @_unary
+    async def ListSegments(self, request, context):
+        return pb.SegmentList(segments=[_segment_pb(d) for d in await self.gw.list_segments()])
+
+    @_unary
+    async def DeleteSegment(self, request, context):
+        return _segment_pb(await self.gw.delete_segment(request.name))
+
+    @_unary
+    async def PreviewSegment(self, request, context):
+        size, sample = await self.gw.preview_segment(request.name, request.expression)
+        return pb.Preview(size=size, sample_user_ids=sample)
+
+    async def ExportSegment(self, request, context):
+        try:
+            parts = await self.gw.members(request.name)
+        except Exception as exc:  # noqa: BLE001
+            await abort_with(context, exc)
+            return
+        for ids in parts:
+            for k in range(0, len(ids), EXPORT_PAGE):
+                yield pb.UserIdPage(user_ids=ids[k:k + EXPORT_PAGE])
+
+    # ------------------------------------------------------------------ users
+
+    @_unary
+    async def GetUser(self, request, context):
+        return _user_view_pb(request.user_id, await self.gw.user_view(request.user_id))
+
+    @_unary
+    async def DeleteUser(self, request, context):
+        return _user_view_pb(request.user_id, await self.gw.delete_user(request.user_id))
+
+    # ------------------------------------------------------------------ deltas, clock, stats
+
+    async def _pages(self, request, context):
+        start, stream = self.gw.open_subscription(
+            list(request.segments), request.after_sequence, request.from_oldest,
+            request.retained_only)
+        await context.send_initial_metadata(((START_SEQUENCE_KEY, str(start)),))
+        async for page in stream:
+            yield page
+
+    async def Subscribe(self, request, context):
+        try:
+            async for page in self._pages(request, context):
+                for d in page:
+                    yield delta_pb(d)
+        except Exception as exc:  # noqa: BLE001
+            await abort_with(context, exc)
+
+    async def SubscribePages(self, request, context):
+        try:
+            async for page in self._pages(request, context):
+                yield pb.DeltaPage(deltas=[delta_pb(d) for d in page])
+        except Exception as exc:  # noqa: BLE001
+            await abort_with(context, exc)
+
+    @_unary
+    async def AdvanceClock(self, request, context):
+        return pb.ClockReply(now_ms=await self.gw.advance_clock(request.now_ms))
+
+    @_unary
+    async def GetStats(self, request, context):
+        st = await self.gw.stats(gateway_only=request.gateway_only)
+        out = pb.Stats(
+            events=st["events"], users=st["users"], segments=st["segments"],
+            shards=st["shards"], now_ms=st["now_ms"], clock=st["clock"],
+            events_accepted=st["events_accepted"], events_rejected=st["events_rejected"],
+            ingest_events_per_s=st["ingest_events_per_s"],
+            ingest_latency=pb.Latency(**st["ingest_latency"]),
+            round_latency=pb.Latency(**st["round_latency"]),
+            first_sequence=st["first_sequence"], last_sequence=st["last_sequence"],
+            subscribers=st["subscribers"], uptime_ms=st["uptime_ms"],
+            retention_ms=st["retention_ms"])
+        for s in st["shard_stats"]:
+            out.shard_stats.add(
+                shard=s["shard"], slots=s["slots"], users=int(s.get("users", 0)),
+                events=int(s.get("events", 0)), events_applied=int(s.get("events_applied", 0)),
+                events_dropped=int(s.get("events_dropped", 0)),
+                memory_bytes=int(s.get("memory_bytes", 0)), node=s.get("node", ""),
+                apply_latency=pb.Latency(**s["apply_latency"]) if "apply_latency" in s else None)
+        return out
+
+    @_unary
+    async def Scale(self, request, context):
+        res = await self.gw.scale(int(request.shards))
+        return pb.ScaleReply(**res)
+
+    @_unary
+    async def Reset(self, request, context):
+        now = await self.gw.reset(request.clock or None, request.retention_ms or None,
+                                  request.max_events_per_type or None)
+        return pb.ResetReply(now_ms=now)

@@ -1,0 +1,423 @@
+"""The service's parts without Ray: wire codec, slot planning, delta merging, the error map,
+the token interceptor, and the gateway itself with in-process shards (``LocalShard``) behind a
+real gRPC server: concurrency, reconnect-and-resume through a proxy that drops connections."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine import Engine, SegmentExists, SequenceTooOld, UnknownSegment
+from engine import errors as E
+from engine._deltas import DeltaBatch
+from engine._pb import pb
+from engine.client import Client
+from engine.config import ServerConfig
+from engine.server import _codec as codec
+from engine.server._core_api import merge_delta_batches
+from engine.server._errors import engine_error_from_rpc, status_of
+from engine.server._gateway import N_SLOTS, plan_moves, slot_of
+
+T0 = 1_700_000_000_000
+
+
+# ----------------------------------------------------------------------------- codec
+
+_values = st.one_of(st.none(), st.text(max_size=6), st.booleans(),
+                    st.floats(allow_nan=False, allow_infinity=False, width=64),
+                    st.integers(-2**40, 2**40))
+
+
+@settings(max_examples=60)
+@given(rows=st.lists(st.tuples(st.text(min_size=1, max_size=5), st.sampled_from(["a", "b", "ü"]),
+                               st.integers(1, 2**50), st.floats(-1e6, 1e6), _values, _values),
+                     max_size=30))
+def test_columnar_round_trip(rows):
+    users = [r[0] for r in rows]
+    types = [r[1] for r in rows]
+    ts = np.array([r[2] for r in rows], dtype=np.int64)
+    vals = np.array([r[3] for r in rows], dtype=np.float64)
+    props = {"p": [r[4] for r in rows], "q": [r[5] for r in rows]}
+    msg = pb.ColumnarEvents.FromString(
+        codec.encode_columns(users, types, ts, vals, props).SerializeToString())
+    out = codec.decode_columns(msg)
+    assert list(out["user_id"]) == users and list(out["type"]) == types
+    assert out["timestamp_ms"].tolist() == ts.tolist() and out["value"].tolist() == vals.tolist()
+    for name in ("p", "q"):
+        for got, want in zip(out["properties"][name].tolist(), props[name]):
+            if isinstance(want, bool):
+                assert got is want
+            elif want is None:
+                assert got is None
+            elif isinstance(want, str):
+                assert got == want
+            else:
+                assert got == float(want) and not isinstance(got, bool)
+
+
+def test_numpy_columns_and_bad_columns():
+    msg = codec.encode_columns(np.array(["x", "y", "x"]), np.array(["t", "t", "t"]),
+                               np.array([1, 2, 3]), None,
+                               {"n": np.array([1.0, np.nan, 3.0]), "s": np.array(["a", "b", "a"])})
+    out = codec.decode_columns(msg)
+    assert out["properties"]["n"].tolist() == [1.0, None, 3.0]
+    assert out["properties"]["s"].tolist() == ["a", "b", "a"]
+    assert out["value"].tolist() == [0.0, 0.0, 0.0]
+    broken = pb.ColumnarEvents()
+    broken.CopyFrom(msg)
+    broken.count = 4
+    with pytest.raises(ValueError):
+        codec.decode_columns(broken)
+    broken.CopyFrom(msg)
+    broken.user_ids.codes = np.array([0, 1, 7], dtype="<i4").tobytes()
+    with pytest.raises(ValueError, match="code outside"):
+        codec.decode_columns(broken)
+    with pytest.raises(TypeError):
+        codec.encode_columns([1, 2], ["a", "b"], [1, 2])
+
+
+def test_events_and_columns_in_one_batch():
+    batch = pb.EventBatch(events=[pb.Event(user_id="e", type="t", timestamp_ms=5,
+                                           properties={"k": pb.Value(string_value="v")})])
+    batch.columns.CopyFrom(codec.encode_columns(["c"], ["t"], [6], [1.5], {"z": [True]}))
+    cols = codec.batch_to_columns(batch)
+    assert list(cols["user_id"]) == ["e", "c"] and cols["timestamp_ms"].tolist() == [5, 6]
+    assert cols["properties"]["k"].tolist() == ["v", None]
+    assert cols["properties"]["z"].tolist() == [None, True]
+
+
+# ----------------------------------------------------------------------------- routing
+
+
+def test_slot_of_is_the_engines_hash():
+    from engine._batch import prepare_events
+
+    ids = ["u1", "user-42", "ü∂", "", "x" * 100]
+    cols, _ = prepare_events(ids[:3] + ids[4:], ["t"] * 4, [1] * 4, now_ms=0,
+                             retention_ms=10**9, clock="event")
+    assert cols.slots().tolist() == [slot_of(u) for u in ids[:3] + ids[4:]]
+    assert all(0 <= slot_of(u) < N_SLOTS for u in ids)
+
+
+@pytest.mark.parametrize("current,target", [(1, 2), (2, 4), (4, 1), (3, 5), (5, 3), (2, 2), (1, 7)])
+def test_plan_moves_balances_with_few_moves(current, target):
+    slot_map = (np.arange(N_SLOTS) * current // N_SLOTS).astype(np.int32)
+    moves = plan_moves(slot_map, current, target)
+    new = slot_map.copy()
+    moved = 0
+    for src, dst, slots in moves:
+        assert np.all(new[slots] == src) and src != dst
+        new[slots] = dst
+        moved += len(slots)
+    counts = np.bincount(new, minlength=max(current, target))
+    assert counts[:target].max() - counts[:target].min() <= 1 and counts[target:].sum() == 0
+    # nothing moves that did not have to
+    keep = sum(min(int((slot_map == i).sum()), int(counts[i])) for i in range(min(current, target)))
+    assert moved == N_SLOTS - keep or current == target
+
+
+def test_merge_orders_by_segment_then_user():
+    a = DeltaBatch(["s2", "s1"], ["b", "z"], np.array([1, 1], np.int8), np.array([1, 1], np.int8),
+                   np.array([5, 5], np.int64))
+    b = DeltaBatch(["s1", "s2"], ["a", "a"], np.array([2, 1], np.int8), np.array([2, 1], np.int8),
+                   np.array([5, 5], np.int64))
+    m = merge_delta_batches([a, b], {"s1": 0, "s2": 1})
+    assert list(zip(m.segments, m.user_ids)) == [("s1", "a"), ("s1", "z"), ("s2", "a"), ("s2", "b")]
+    assert m.kind.tolist() == [2, 1, 1, 1]
+    assert merge_delta_batches([a, DeltaBatch()], {}) is a
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+class _FakeRpcError(grpc.RpcError):
+    def __init__(self, code, details, trailers=()):
+        self._c, self._d, self._t = code, details, trailers
+
+    def code(self):
+        return self._c
+
+    def details(self):
+        return self._d
+
+    def trailing_metadata(self):
+        return self._t
+
+
+@pytest.mark.parametrize("exc,code", [
+    (E.ExpressionError(1, 7, "expected x"), grpc.StatusCode.INVALID_ARGUMENT),
+    (E.SegmentExists("dup"), grpc.StatusCode.ALREADY_EXISTS),
+    (E.UnknownSegment("nope"), grpc.StatusCode.NOT_FOUND),
+    (E.SegmentInUse("used"), grpc.StatusCode.FAILED_PRECONDITION),
+    (E.ClockError("wall"), grpc.StatusCode.FAILED_PRECONDITION),
+    (E.SequenceTooOld("old"), grpc.StatusCode.OUT_OF_RANGE),
+    (ValueError("bad"), grpc.StatusCode.INVALID_ARGUMENT),
+    (RuntimeError("boom"), grpc.StatusCode.INTERNAL),
+])
+def test_error_map_round_trips(exc, code):
+    got, message = status_of(exc)
+    assert got == code
+    trailers = (("rtseg-error", type(exc).__name__),) if isinstance(exc, E.EngineError) else ()
+    back = engine_error_from_rpc(_FakeRpcError(got, message, trailers))
+    if isinstance(exc, E.EngineError):
+        assert type(back) is type(exc) and str(back) == str(exc)
+    if isinstance(exc, E.ExpressionError):
+        assert (back.line, back.col, back.message) == (1, 7, "expected x")
+
+
+# ----------------------------------------------------------------------------- in-process server
+
+
+class LocalServer:
+    """The real gRPC server and gateway with in-process shards (no Ray), in a thread."""
+
+    def __init__(self, **overrides):
+        from engine.server._actor import LocalShard
+        from engine.server._app import run_server
+
+        cfg = ServerConfig(**{"port": 0, "shards": 3, "clock": "event", "data_dir": "",
+                              "allow_reset": True, **overrides})
+        self._box: dict = {}
+        started = threading.Event()
+
+        def run():
+            async def main():
+                self._box["stop"] = asyncio.Event()
+                self._box["loop"] = asyncio.get_running_loop()
+                await run_server(cfg, on_ready=lambda p: (self._box.update(port=p), started.set()),
+                                 stop=self._box["stop"], install_signals=False,
+                                 actor_factory=LocalShard)
+            try:
+                asyncio.run(main())
+            finally:
+                started.set()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        assert started.wait(120) and "port" in self._box, "local server did not start"
+        self.port = self._box["port"]
+        self.target = f"127.0.0.1:{self.port}"
+
+    def stop(self):
+        self._box["loop"].call_soon_threadsafe(self._box["stop"].set)
+        self._thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def local_server():
+    srv = LocalServer(token="tok")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(local_server):
+    with Client(local_server.target, "tok", timeout_s=60) as c:
+        c.reset()
+        yield c
+
+
+def test_local_server_basics_and_token(local_server, client):
+    with Client(local_server.target, None, timeout_s=10) as anon:
+        with pytest.raises(grpc.RpcError) as info:
+            anon.stats()
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert anon.health() == "SERVING"               # health needs no token
+    client.create_segment("s", "count(v, 1d) >= 1")
+    with pytest.raises(SegmentExists):
+        client.create_segment("s", "true")
+    with pytest.raises(UnknownSegment):
+        client.get_segment("x")
+    r = client.ingest([{"user_id": "a", "type": "v", "timestamp_ms": T0}])
+    assert r.accepted == 1 and client.members("s") == {"a"}
+
+
+def test_concurrent_producers_are_applied_once_each(local_server, client):
+    client.create_segment("many", "count(v, 1d) >= 3")
+    embedded = Engine(clock="event")
+    embedded.create_segment("many", "count(v, 1d) >= 3")
+    batches = [[{"user_id": f"p{k}-u{i % 40}", "type": "v", "timestamp_ms": T0 + i}
+                for i in range(120)] for k in range(12)]
+    results = []
+
+    def produce(k):
+        with Client(local_server.target, "tok", timeout_s=60) as c:
+            results.append(c.ingest(batches[k]).accepted)
+
+    threads = [threading.Thread(target=produce, args=(k,)) for k in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for b in batches:
+        embedded.ingest(b)
+    assert sorted(results) == [120] * 12
+    assert client.members("many") == embedded.members("many")
+    assert client.stats()["events"] == 12 * 120
+    seqs = [d.sequence for d in client.deltas()]
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) == len(embedded.deltas())
+
+
+class DroppingProxy:
+    """A TCP proxy whose connections can all be cut at once (a network blip)."""
+
+    def __init__(self, upstream_port: int):
+        self._up = upstream_port
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self.port = self._listener.getsockname()[1]
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self._closed:
+            try:
+                down, _ = self._listener.accept()
+            except OSError:
+                return
+            up = socket.create_connection(("127.0.0.1", self._up))
+            with self._lock:
+                self._conns += [down, up]
+            for a, b in ((down, up), (up, down)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b):
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self):
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
+    def close(self):
+        self._closed = True
+        self.cut()
+        self._listener.close()
+
+
+def test_subscription_resumes_after_a_dropped_connection(local_server, client):
+    client.create_segment("s", "count(v, 1d) >= 1")
+    proxy = DroppingProxy(local_server.port)
+    try:
+        with Client(f"127.0.0.1:{proxy.port}", "tok", timeout_s=30) as via_proxy:
+            sub = via_proxy.subscribe(["s"])
+            got = []
+
+            def read():
+                for d in sub:
+                    got.append(d)
+                    if len(got) >= 30:
+                        return
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            time.sleep(0.3)
+            for k in range(30):
+                client.ingest([{"user_id": f"u{k}", "type": "v", "timestamp_ms": T0 + k}])
+                if k in (9, 19):
+                    deadline = time.monotonic() + 10
+                    while len(got) < k + 1 and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    proxy.cut()                     # the network drops; deltas keep coming
+            reader.join(60)
+            sub.close()
+            assert sub.reconnects >= 2
+            assert [d.sequence for d in got] == list(range(1, 31))        # no gap, no repeat
+            assert [d.user_id for d in got] == [f"u{k}" for k in range(30)]
+    finally:
+        proxy.close()
+
+
+def test_subscription_from_empty_log_survives_reconnect(local_server, client):
+    proxy = DroppingProxy(local_server.port)
+    try:
+        with Client(f"127.0.0.1:{proxy.port}", "tok", timeout_s=30) as via_proxy:
+            sub = via_proxy.subscribe()
+            first = []
+            reader = threading.Thread(target=lambda: first.extend(
+                d for _, d in zip(range(2), sub)))
+            reader.start()
+            time.sleep(0.3)
+            proxy.cut()                              # before any delta exists
+            time.sleep(0.2)
+            client.create_segment("s", "count(v, 1d) >= 1")
+            client.ingest([{"user_id": "a", "type": "v", "timestamp_ms": T0},
+                           {"user_id": "b", "type": "v", "timestamp_ms": T0}])
+            reader.join(30)
+            sub.close()
+            assert [d.sequence for d in first] == [1, 2]
+    finally:
+        proxy.close()
+
+
+def test_reset_ends_old_subscriptions(local_server, client):
+    client.create_segment("s", "count(v, 1d) >= 1")
+    sub = client.subscribe()
+    errors = []
+
+    def read():
+        try:
+            for _ in sub:
+                pass
+        except SequenceTooOld as err:
+            errors.append(err)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.3)
+    client.reset()
+    reader.join(30)
+    assert errors and "reset" in str(errors[0])
+
+
+# ----------------------------------------------------------------------------- shard host
+
+
+def test_shard_host_runs_steps_and_reports_its_next_timer():
+    from engine._batch import prepare_events
+    from engine._segments import SegmentRegistry
+    from engine.server._actor import NO_TIMER_MS, STEP_ADVANCE, STEP_EVENTS, ShardHost
+
+    day, hour = 86_400_000, 3_600_000
+    host = ShardHost(0, {"retention_ms": 30 * day})
+    assert host.next_due_ms() == NO_TIMER_MS
+    defn = SegmentRegistry(30 * day).validate("recent", "count(v, 1h) >= 1", now_ms=T0)
+    host.call("create_segment", defn, T0)
+    cols, _ = prepare_events(["a"], ["v"], [T0], now_ms=T0, retention_ms=30 * day, clock="event")
+    batches, due = host.run([(STEP_EVENTS, cols, T0), (STEP_ADVANCE, None, T0 + 10)])
+    assert [len(b) for b in batches] == [1, 0]
+    assert T0 < due <= T0 + hour                     # the event leaves the window then
+    batches, due = host.run([(STEP_ADVANCE, None, T0 + hour)])
+    assert batches[0].user_ids == ["a"] and batches[0].kind.tolist() == [2]
+    assert due == NO_TIMER_MS or due > T0 + hour
+    with pytest.raises(AttributeError):
+        host.call("__init__")
+    assert host.host_stats()["events_applied"] == 1
