@@ -87,7 +87,7 @@ class ShardCore:
         if g("tblock") is not None:
             tb[: len(self.tblock)] = self.tblock[:nb]
         self.tblock = tb
-        self._pos = np.full(cap, -1, np.int64)
+        self._pos = np.full(cap, -1, np.int32)   # scratch of _touched
         self._rcap = cap
 
     def _ensure_rows(self, n: int) -> None:
@@ -244,7 +244,7 @@ class ShardCore:
 
     def _grow_arena(self, need: int) -> None:
         bump = int(self.astate[0])
-        b = np.empty(max(self.arena.shape[0] * 2, bump + need), np.float64)
+        b = np.empty(max(self.arena.shape[0] * 3 // 2, bump + need), np.float64)
         b[:bump] = self.arena[:bump]
         self.arena = b
 
