@@ -793,6 +793,18 @@ def _collect_due(timer, tblock, tblock_shift, nrows, now):
     return out[:n]
 
 
+@njit(cache=True, inline="always")
+def _place(r, pos, rows, m):
+    """Position of row ``r`` in the merged list (appending it if new); returns (p, m)."""
+    p = pos[r]
+    if p < 0:
+        p = m
+        pos[r] = m
+        rows[m] = r
+        m += 1
+    return p, m
+
+
 @njit(cache=True)
 def _touched(rows_ev, tids, trows, tmask, due, is_known, pos):
     """Merge event rows (with their type bits), trait rows (with trait bits) and due rows into
@@ -805,31 +817,13 @@ def _touched(rows_ev, tids, trows, tmask, due, is_known, pos):
     isdue = np.zeros(n, dtype=np.bool_)
     m = 0
     for i in range(rows_ev.shape[0]):
-        r = rows_ev[i]
-        p = pos[r]
-        if p < 0:
-            p = m
-            pos[r] = m
-            rows[m] = r
-            m += 1
+        p, m = _place(rows_ev[i], pos, rows, m)
         evm[p] |= np.uint64(1) << np.uint64(tids[i] & 63)
     for i in range(trows.shape[0]):
-        r = trows[i]
-        p = pos[r]
-        if p < 0:
-            p = m
-            pos[r] = m
-            rows[m] = r
-            m += 1
+        p, m = _place(trows[i], pos, rows, m)
         trm[p] |= tmask[i]
     for i in range(due.shape[0]):
-        r = due[i]
-        p = pos[r]
-        if p < 0:
-            p = m
-            pos[r] = m
-            rows[m] = r
-            m += 1
+        p, m = _place(due[i], pos, rows, m)
         isdue[p] = True
     isnew = np.empty(m, dtype=np.bool_)
     for i in range(m):

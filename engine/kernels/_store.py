@@ -181,6 +181,19 @@ def _append(start_i, rows, tids, ts, vals, src, width, arena, state, h, caps, cu
     return n, 0
 
 
+@njit(cache=True, inline="always")
+def _retained(arena, hd, w, cutoff):
+    """(offset, start, length) of the events of list header ``hd`` still retained
+    (timestamp > cutoff); expired events are at the front of a list."""
+    off = h_off(hd)
+    st = h_start(hd)
+    ln = h_len(hd)
+    while ln > 0 and arena[off + st * w] <= cutoff:
+        st += 1
+        ln -= 1
+    return off, st, ln
+
+
 @njit(cache=True)
 def _compact(old, new, nrows, ntypes, width, new_width, fill, h, caps, cutoff):
     """Copy every live, retained list from ``old`` into ``new`` (sized by ``_compact_size``),
@@ -192,14 +205,9 @@ def _compact(old, new, nrows, ntypes, width, new_width, fill, h, caps, cutoff):
             hd = h[r, t]
             if hd == NO_BLOCK:
                 continue
-            off = h_off(hd)
-            st = h_start(hd)
-            ln = h_len(hd)
             w = width[t]
             nw = new_width[t]
-            while ln > 0 and old[off + st * w] <= cutoff:
-                st += 1
-                ln -= 1
+            off, st, ln = _retained(old, hd, w, cutoff)
             if ln == 0:
                 h[r, t] = NO_BLOCK
                 continue
@@ -225,13 +233,7 @@ def _compact_size(old, nrows, ntypes, width, new_width, h, caps, cutoff):
             hd = h[r, t]
             if hd == NO_BLOCK:
                 continue
-            off = h_off(hd)
-            st = h_start(hd)
-            ln = h_len(hd)
-            w = width[t]
-            while ln > 0 and old[off + st * w] <= cutoff:
-                st += 1
-                ln -= 1
+            _, _, ln = _retained(old, hd, width[t], cutoff)
             if ln > 0:
                 total += caps[_class_for(caps, ln)] * new_width[t]
     return total
