@@ -6,9 +6,9 @@ up to 2**53), then the boxed property values of that type's columns (the event's
 a column like any other, created the first time a non-zero value or a segment needs it).
 
 Per (user row, type) a block of the arena, described by one packed int64 header ``h[r, t]``
-(-1 = no block): ``off`` (first word, 33 bits), ``start`` (index of the oldest live event in
-the block, 13 bits), ``len`` (live events, 13 bits) and ``cls`` (capacity class: ``CAPS[cls]``
-events, 5 bits). One word per list keeps all of a user's headers in one cache line. Live
+(-1 = no block): ``off`` (first word, 31 bits: 16 GB of events per shard), ``cls`` (capacity
+class: ``CAPS[cls]`` events, 6 bits), ``start`` (index of the oldest live event in the
+block, 13 bits) and ``len`` (live events, 13 bits). One word per list keeps all of a user's headers in one cache line. Live
 events ``start .. start+len-1`` are sorted by timestamp, equal timestamps in arrival order.
 Event ``k`` of a block starts at word ``off + k * width``.
 
@@ -26,11 +26,13 @@ from numba import njit
 
 from ._bits import null_value, prefetch
 
-CAPS = np.array([1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768,
-                 1024, 1536, 2048, 3072, 4096, 6144], dtype=np.int64)
-# Capacity classes grow by ~1.4x, so blocks are ~80 % full on average. The last class is 1.5x
-# the per-type limit, so a list at the limit re-bases (moves its live events to the block
-# start) only once every 2048 appends.
+# Capacity classes grow by ~1.2x, so blocks are ~90 % full on average (each list moves ~5
+# times per element it holds: cheap next to evaluation). The last class is 1.5x the per-type
+# limit, so a list at the limit re-bases (moves its events to the block start) only once
+# every 2048 appends.
+CAPS = np.array([1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 17, 20, 24, 29, 35, 42, 50, 60, 72, 86,
+                 103, 124, 149, 179, 215, 258, 310, 372, 446, 535, 642, 770, 924, 1109, 1331,
+                 1597, 1916, 2299, 2759, 3311, 3973, 4096, 6144], dtype=np.int64)
 SRC_NULL = -1   # column absent from the batch: null
 SRC_ZERO = -2   # the value column absent from the batch: 0.0
 
@@ -40,12 +42,12 @@ NO_BLOCK = -1
 
 @njit(cache=True, inline="always")
 def h_pack(off, start, ln, cls):
-    return (off << 31) | (cls << 26) | (start << 13) | ln
+    return (off << 32) | (cls << 26) | (start << 13) | ln
 
 
 @njit(cache=True, inline="always")
 def h_off(h):
-    return h >> 31
+    return h >> 32
 
 
 @njit(cache=True, inline="always")
@@ -60,7 +62,7 @@ def h_len(h):
 
 @njit(cache=True, inline="always")
 def h_cls(h):
-    return (h >> 26) & 0x1F
+    return (h >> 26) & 0x3F
 
 
 @njit(cache=True)
