@@ -49,6 +49,7 @@ class ShardCore:
         self.width = np.ones(self._tcap, np.int64)      # words per event of each type
         self.arena = np.empty(1 << 16, np.float64)      # every event of every type
         self.astate = np.zeros(2, np.int64)             # [bump, used] in words
+        self.free = np.full((self._tcap, len(KS.CAPS)), -1, np.int64)  # free-list heads
         # traits
         self.trait_ids: dict[str, int] = {}
         self.trait_names: list[str] = []
@@ -116,6 +117,7 @@ class ShardCore:
         if t >= self._tcap:
             cap = self._tcap + 2  # types are few: grow headers (8 bytes per user each) slowly
             self._widen("h", cap, KS.NO_BLOCK, np.int64)
+            self.free = np.concatenate([self.free, np.full((cap - self._tcap, len(KS.CAPS)), -1, np.int64)])
             self.width = np.concatenate([self.width, np.ones(cap - self._tcap, np.int64)])
             self._tcap = cap
         self.type_ids[name] = t
@@ -203,7 +205,7 @@ class ShardCore:
         i = 0
         while True:
             i, need = KS._append(i, rows, tids, ts, vals, src, self.width, self.arena, self.astate,
-                                 self.h, KS.CAPS, cutoff, self.max_per, self.counters)
+                                 self.free, self.h, KS.CAPS, cutoff, self.max_per, self.counters)
             if i >= n:
                 break
             self._grow_arena(int(need))
@@ -261,6 +263,7 @@ class ShardCore:
         self.arena = new
         self.astate[0] = used
         self.astate[1] = used
+        self.free[:] = -1
 
     def _maybe_compact(self, now_ms: int) -> None:
         """Rewrite the arena when half of it is holes, and drop expired events once per
@@ -468,7 +471,8 @@ class ShardCore:
             return DeltaBatch()
         names = [n for n in self.plan.names if (int(self.member[r, self.slots[n] >> 6]) >> (self.slots[n] & 63)) & 1]
         rows = np.full(len(names), r, np.int64)
-        KS._clear_rows(np.array([r], np.int64), len(self.type_names), self.width, self.h, self.astate, KS.CAPS)
+        KS._clear_rows(np.array([r], np.int64), len(self.type_names), self.width, self.h, self.astate,
+                       self.free, self.arena, KS.CAPS)
         self.traits[r, :] = V.NULL
         self.member[r, :] = 0
         self.timer[r] = INF_MS
@@ -525,7 +529,7 @@ class ShardCore:
     def drop_slots(self, slots) -> int:
         """Forget the users of the given hash slots (after they moved away); no deltas."""
         rows = self._rows_in_slots(slots)
-        KS._clear_rows(rows, len(self.type_names), self.width, self.h, self.astate, KS.CAPS)
+        KS._clear_rows(rows, len(self.type_names), self.width, self.h, self.astate, self.free, self.arena, KS.CAPS)
         self.traits[rows, :] = V.NULL
         self.member[rows, :] = 0
         self.timer[rows] = INF_MS
@@ -570,7 +574,7 @@ class ShardCore:
             i = 0
             while True:
                 i, need = KS._append(i, ev_rows, tids, ts, vals, src, self.width, self.arena, self.astate,
-                                     self.h, KS.CAPS, -np.inf, self.max_per, self.counters)
+                                     self.free, self.h, KS.CAPS, -np.inf, self.max_per, self.counters)
                 if i >= n:
                     break
                 self._grow_arena(int(need))
@@ -607,16 +611,22 @@ class ShardCore:
         }
 
     def memory(self) -> dict:
-        """Bytes held, by part. ``per_user`` parts scale with users, ``events`` with events."""
+        """Bytes held, by part: ``user_arrays`` and ``user_ids`` scale with users, ``events``
+        (every block handed out, free ones included) with events. ``events_reserved_untouched``
+        is arena address space reserved for growth and never written (not resident)."""
         rows = self._rcap
         per_user_arrays = (self.known.nbytes + self.h.nbytes + self.traits.nbytes + self.member.nbytes + self.timer.nbytes
                            + self.tblock.nbytes + self._pos.nbytes)
-        events = self.arena.nbytes
+        # The arena is reserved ahead of need with np.empty: its tail beyond the last block
+        # handed out has never been written, so the OS has not backed it with memory.
+        events = int(self.astate[0]) * 8
         return {
             "row_capacity": rows,
             "user_arrays": per_user_arrays,
             "user_ids": self.users.nbytes,
             "events": events,
+            "events_in_blocks": int(self.astate[1]) * 8,
+            "events_reserved_untouched": self.arena.nbytes - events,
             "strings": self.strings.nbytes,
             "bytes_total": per_user_arrays + self.users.nbytes + events + self.strings.nbytes,
         }

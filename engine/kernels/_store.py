@@ -12,8 +12,10 @@ block, 13 bits) and ``len`` (live events, 13 bits). One word per list keeps all 
 events ``start .. start+len-1`` are sorted by timestamp, equal timestamps in arrival order.
 Event ``k`` of a block starts at word ``off + k * width``.
 
-Blocks are bump-allocated; a block that outgrows its class moves to a larger one and leaves a
-hole; ``_compact`` rewrites the arena without holes and without expired events. A kernel that
+A block that outgrows its class moves to a larger one; the block it leaves goes on a free
+list per (type, class) (the next pointer kept in its first word) and is the first one handed
+out for that type and class; otherwise blocks come from the end of the arena. ``_compact``
+rewrites the arena without free blocks and without expired events. A kernel that
 needs more arena stops and says so; the Python owner grows the arena and calls again from
 where it stopped, so kernels never reallocate shared state. (One flat array instead of one
 array per type: Numba's typed-list item access costs ~150 ns, an array index ~5 ns.)
@@ -24,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._bits import null_value, prefetch
+from ._bits import f2i, i2f, null_value, prefetch
 
 # Capacity classes grow by ~1.2x, so blocks are ~90 % full on average (each list moves ~5
 # times per element it holds: cheap next to evaluation). The last class is 1.5x the per-type
@@ -85,14 +87,40 @@ def _upper_bound(ar, off, w, lo, hi, x):
     return lo
 
 
+@njit(cache=True, inline="always")
+def _alloc(t, cl, w, caps, state, free, arena):
+    """A block of class ``cl`` for type ``t``: from its free list, else from the arena's end.
+    Returns its first word, or -1 when the arena must grow first."""
+    words = caps[cl] * w
+    f = free[t, cl]
+    if f >= 0:
+        free[t, cl] = f2i(arena[f])
+        state[1] += words
+        return f
+    if state[0] + words > arena.shape[0]:
+        return -1
+    off = state[0]
+    state[0] += words
+    state[1] += words
+    return off
+
+
+@njit(cache=True, inline="always")
+def _release(t, cl, off, w, caps, state, free, arena):
+    arena[off] = i2f(free[t, cl])
+    free[t, cl] = off
+    state[1] -= caps[cl] * w
+
+
 @njit(cache=True)
-def _append(start_i, rows, tids, ts, vals, src, width, arena, state, h, caps, cutoff, max_per, stats):
+def _append(start_i, rows, tids, ts, vals, src, width, arena, state, free, h, caps, cutoff, max_per, stats):
     """Insert events ``start_i..`` into their users' lists.
 
     ``vals`` is the batch's boxed column matrix ``[n, B]``; ``src[t, c]`` names the batch
     column feeding column ``c`` of type ``t`` (or SRC_NULL / SRC_ZERO). Events with
     ``ts <= cutoff`` are expired and removed from the front of a list before inserting.
-    ``state`` = [bump, used] in words. Returns ``(i, words_needed)``: ``i == n`` when done,
+    ``state`` = [bump, used] in words; ``free`` the free-list heads. Returns
+    ``(i, words_needed)``: ``i == n`` when done,
     else the arena needs ``words_needed`` more free words before event ``i`` can go in.
     ``stats[0]`` counts events dropped at the per-type limit, ``stats[1]`` events stored.
     """
@@ -112,11 +140,9 @@ def _append(start_i, rows, tids, ts, vals, src, width, arena, state, h, caps, cu
         w = width[t]
         hd = h[r, t]
         if hd == NO_BLOCK:
-            if state[0] + caps[0] * w > size:
+            off = _alloc(t, 0, w, caps, state, free, arena)
+            if off < 0:
                 return i, caps[0] * w
-            off = state[0]
-            state[0] += caps[0] * w
-            state[1] += caps[0] * w
             st = np.int64(0)
             ln = np.int64(0)
             cl = np.int64(0)
@@ -147,15 +173,13 @@ def _append(start_i, rows, tids, ts, vals, src, width, arena, state, h, caps, cu
                 st = 0
             else:
                 ncl = cl + 1
-                ncap = caps[ncl]
-                if state[0] + ncap * w > size:
+                noff = _alloc(t, ncl, w, caps, state, free, arena)
+                if noff < 0:
                     h[r, t] = h_pack(off, st, ln, cl)
-                    return i, ncap * w
-                noff = state[0]
-                state[0] += ncap * w
-                state[1] += (ncap - cap) * w
+                    return i, caps[ncl] * w
                 for q in range(ln * w):
                     arena[noff + q] = arena[off + st * w + q]
+                _release(t, cl, off, w, caps, state, free, arena)
                 off = noff
                 st = 0
                 cl = ncl
@@ -252,13 +276,14 @@ def _live_events(nrows, ntypes, h):
 
 
 @njit(cache=True)
-def _clear_rows(rows, ntypes, width, h, state, caps):
-    """Forget every event of the given rows (their blocks become holes)."""
+def _clear_rows(rows, ntypes, width, h, state, free, arena, caps):
+    """Forget every event of the given rows (their blocks go to the free lists)."""
     for i in range(rows.shape[0]):
         r = rows[i]
         for t in range(ntypes):
-            if h[r, t] != NO_BLOCK:
-                state[1] -= caps[h_cls(h[r, t])] * width[t]
+            hd = h[r, t]
+            if hd != NO_BLOCK:
+                _release(t, h_cls(hd), h_off(hd), width[t], caps, state, free, arena)
                 h[r, t] = NO_BLOCK
 
 
