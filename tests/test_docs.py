@@ -26,3 +26,10 @@ def _blocks():
 def test_doc_block_runs(path, line, code):
     compiled = compile("\n" * (line - 1) + code, str(path), "exec")
     exec(compiled, {"__name__": f"doc_{path.stem}_{line}"})
+
+
+def test_the_docs_keep_their_runnable_examples():
+    blocks = [p.values[2] for p in _blocks()]
+    assert len(blocks) >= 15, "README.md and docs/*.md lost their runnable examples"
+    # every example checks what it shows, so a doc that drifts from the engine fails
+    assert all("assert" in code for code in blocks)
