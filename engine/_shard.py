@@ -137,6 +137,10 @@ class ShardCore:
             fill = np.full(self._tcap, V.NULL, np.float64)
             fill[t] = 0.0 if prop == VALUE_COLUMN else V.NULL
             self._compact(new_width, fill)
+        else:
+            # free blocks of this type were sized for the old width: abandon them (the next
+            # compaction reclaims the space)
+            self.free[t, :] = -1
         self.width = new_width
         cols[prop] = c
         return c

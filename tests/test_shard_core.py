@@ -103,3 +103,18 @@ def test_per_type_limit_is_configurable_and_counted():
     assert eng.stats()["events_retained"] == 8
     with pytest.raises(ValueError):
         Engine(max_events_per_type=5000)
+
+
+def test_a_new_column_after_a_user_deletion_does_not_reuse_narrow_free_blocks():
+    # deleting the only user frees its blocks; a batch that then adds a column to the type must
+    # not hand out those blocks, sized for the old width (a regression found by the
+    # differential tests)
+    eng = Engine(clock="event", max_events_per_type=5)
+    eng.create_segment("a", 'affinity(view.sku, 1d) == "a"')
+    eng.ingest([{"user_id": "u", "type": "view", "timestamp_ms": BASE + i} for i in range(4)])
+    eng.delete_user("u")
+    batch = [{"user_id": "u", "type": "view", "timestamp_ms": BASE + 10, "value": float(i % 3),
+              "properties": {"sku": "a"} if i == 3 else {"price": 1.0}} for i in range(8)]
+    eng.ingest(batch)
+    assert eng.members("a") == {"u"}
+    assert eng.stats()["events_retained"] == 5
