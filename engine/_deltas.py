@@ -68,17 +68,6 @@ class DeltaBatch:
         return DeltaBatch(self.segments[start:], self.user_ids[start:], self.kind[start:],
                           self.cause[start:], self.at_ms[start:])
 
-    def to_deltas(self, first_sequence: int) -> list[Delta]:
-        kinds = self.kind.tolist()
-        causes = self.cause.tolist()
-        ats = self.at_ms.tolist()
-        return [
-            Delta(first_sequence + i, self.segments[i], self.user_ids[i], KIND_NAMES[kinds[i]], ats[i],
-                  CAUSE_NAMES.get(causes[i], "CAUSE_UNSPECIFIED"))
-            for i in range(len(self.user_ids))
-        ]
-
-
 class DeltaLog:
     """Assigns global sequence numbers (1, 2, 3, ...) and keeps the newest ``capacity``
     deltas for readers that resume with ``after_sequence``.

@@ -191,12 +191,9 @@ class _Compiler:
         return t
 
     def leaf(self, kind, t, col, window, foff, flen, soff=0, slen=0, cop=0, cidx=0):
-        q = len(self.leaves) - self._leaf_base()
+        q = len(self.leaves) - self._loff  # leaf index relative to the segment's first
         self.leaves.append((kind, t, col, window, foff, flen, soff, slen, cop, cidx))
         self.emit(K.OP_LEAF, q, push=1)
-
-    def _leaf_base(self):
-        return self._loff
 
     # -- filters --------------------------------------------------------------------------
     def filter(self, source: A.EventSource, t: int) -> tuple[int, int]:
@@ -277,7 +274,7 @@ def _threshold_hint(n: A.Compare):
     return None
 
 
-def build_plan(defs, schema: ShardSchema, slot_of: Callable[[str], int], timedep_of_dep=None) -> Plan:
+def build_plan(defs, schema: ShardSchema, slot_of: Callable[[str], int]) -> Plan:
     """Compile segment definitions (dependencies first) into one plan."""
     c = _Compiler(schema)
     rows = []

@@ -25,10 +25,3 @@ def parse_duration_ms(value: "str | int", what: str = "duration") -> int:
         raise ConfigError(f"{what} must be positive, not {value!r}")
     return ms
 
-
-def format_ms(ms: int) -> str:
-    """The largest exact unit: 2592000000 -> ``30d``."""
-    for unit in ("w", "d", "h", "m", "s"):
-        if ms % UNIT_MS[unit] == 0 and ms >= UNIT_MS[unit]:
-            return f"{ms // UNIT_MS[unit]}{unit}"
-    return f"{ms}ms"

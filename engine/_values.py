@@ -51,12 +51,6 @@ def box_bools(values: np.ndarray) -> np.ndarray:
     return (BOOL_TAG | values.astype(np.int64)).view(np.float64)
 
 
-def box_numbers(values: np.ndarray) -> np.ndarray:
-    """float array -> boxed (NaN stays null, -0.0 becomes 0.0)."""
-    out = np.asarray(values, dtype=np.float64) + 0.0  # folds -0.0 into 0.0 and copies
-    return out
-
-
 def kind_of_bits(bits: int) -> int:
     """Kind of one boxed value given its int64 bits (Python-side helper; kernels inline it)."""
     tag = bits & int(TAG_MASK)

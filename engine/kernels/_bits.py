@@ -68,24 +68,11 @@ def is_true(x):
 
 
 @njit(inline="always")
-def is_null(x):
-    return x != x and kind_of(x) == K_NULL
-
-
-@njit(inline="always")
 def number_or_null(x):
     """Arithmetic results: NaN (undefined) becomes the canonical null."""
     if x != x:
         return i2f(_NULL_BITS)
     return x
-
-
-@njit(inline="always")
-def same_value(a, b):
-    """Equality of two boxed values of the same kind (numbers by value, others by bits)."""
-    if a == a and b == b:
-        return a == b
-    return f2i(a) == f2i(b)
 
 
 EARTH_RADIUS_M = 6371008.8

@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit
 
 from ._store import NO_BLOCK, _upper_bound, h_len, h_off, h_start
-from ._bits import (K_BOOL, K_NULL, K_NUMBER, K_STRING, bool_value, f2i, haversine_m, i2f,
+from ._bits import (K_NULL, K_NUMBER, bool_value, f2i, haversine_m, i2f,
                     is_true, kind_of, null_value, number_or_null, prefetch)
 
 INF_MS = np.iinfo(np.int64).max
