@@ -68,6 +68,7 @@ class DeltaBatch:
         return DeltaBatch(self.segments[start:], self.user_ids[start:], self.kind[start:],
                           self.cause[start:], self.at_ms[start:])
 
+
 class DeltaLog:
     """Assigns global sequence numbers (1, 2, 3, ...) and keeps the newest ``capacity``
     deltas for readers that resume with ``after_sequence``.

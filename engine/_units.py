@@ -24,4 +24,3 @@ def parse_duration_ms(value: "str | int", what: str = "duration") -> int:
     if ms <= 0:
         raise ConfigError(f"{what} must be positive, not {value!r}")
     return ms
-
