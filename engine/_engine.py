@@ -6,7 +6,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-
 from ._batch import Rejection, events_from_dicts, prepare_events, prepare_traits
 from ._deltas import Delta, DeltaBatch, DeltaLog
 from ._segments import SegmentRegistry
