@@ -92,6 +92,26 @@ def _rebuild_slots(hashes, n, slots):
         slots[j] = (h & _HI_MASK) | np.uint64(c)
 
 
+@njit(cache=True, _nrt=False)
+def _probe(slots, mask, h, offsets, arena, key, start, length):
+    """Find the string ``key[start:start+length]`` (hash ``h``) in an open-addressing table
+    whose slots hold ``hash high bits | code`` and whose strings are ``arena[offsets[c]:
+    offsets[c+1]]``. Returns ``(slot, code)``: the code and its slot when found, else
+    ``(the empty slot where it would go, -1)``."""
+    hi = h & _HI_MASK
+    j = np.int64(h & np.uint64(mask))
+    while True:
+        e = slots[j]
+        if e == _EMPTY:
+            return j, np.int64(-1)
+        if (e & _HI_MASK) == hi:
+            c = np.int64(e & _LO_MASK)
+            a0 = offsets[c]
+            if offsets[c + 1] - a0 == length and _bytes_equal(arena, a0, key, start, length):
+                return j, c
+        j = (j + 1) & mask
+
+
 @njit(cache=True)
 def _split_dedupe(buf, n):
     """Split ``buf`` (n strings joined by single 0 bytes) into uniques, hashes and codes.
@@ -121,32 +141,23 @@ def _split_dedupe(buf, n):
             pos += 1
         length = pos - start
         pos += 1
-        hi = h & _HI_MASK
-        j = np.int64(h & np.uint64(mask))
-        while True:
-            e = table[j]
-            if e == _EMPTY:
-                table[j] = hi | np.uint64(nu)
-                p = offsets[nu]
-                for t in range(length):
-                    blob[p + t] = buf[start + t]
-                offsets[nu + 1] = p + length
-                uhash[nu] = h
-                codes[i] = nu
-                nu += 1
-                if 2 * nu > size:
-                    size *= 2
-                    mask = size - 1
-                    table = np.full(size, _EMPTY, np.uint64)
-                    _rebuild_slots(uhash, nu, table)
-                break
-            if (e & _HI_MASK) == hi:
-                u = np.int64(e & _LO_MASK)
-                a0 = offsets[u]
-                if offsets[u + 1] - a0 == length and _bytes_equal(blob, a0, buf, start, length):
-                    codes[i] = u
-                    break
-            j = (j + 1) & mask
+        j, u = _probe(table, mask, h, offsets, blob, buf, start, length)
+        if u >= 0:
+            codes[i] = u
+            continue
+        table[j] = (h & _HI_MASK) | np.uint64(nu)
+        p = offsets[nu]
+        for t in range(length):
+            blob[p + t] = buf[start + t]
+        offsets[nu + 1] = p + length
+        uhash[nu] = h
+        codes[i] = nu
+        nu += 1
+        if 2 * nu > size:
+            size *= 2
+            mask = size - 1
+            table = np.full(size, _EMPTY, np.uint64)
+            _rebuild_slots(uhash, nu, table)
     ok = pos == total + 1
     return ok, blob[: offsets[nu]].copy(), offsets[: nu + 1].copy(), uhash[:nu].copy(), codes
 
@@ -197,29 +208,20 @@ def _intern(arena, offsets, hashes, slots, n, used, cblob, coffsets, chashes, st
         h = chashes[k]
         s0 = coffsets[k]
         length = coffsets[k + 1] - s0
-        hi = h & _HI_MASK
-        j = np.int64(h & np.uint64(mask))
-        while True:
-            e = slots[j]
-            if e == _EMPTY:
-                if n >= max_n or used + length > arena.size:
-                    return k, n, used
-                for t in range(length):
-                    arena[used + t] = cblob[s0 + t]
-                used += length
-                offsets[n + 1] = used
-                hashes[n] = h
-                slots[j] = hi | np.uint64(n)
-                out[k] = n
-                n += 1
-                break
-            if (e & _HI_MASK) == hi:
-                c = np.int64(e & _LO_MASK)
-                a0 = offsets[c]
-                if offsets[c + 1] - a0 == length and _bytes_equal(arena, a0, cblob, s0, length):
-                    out[k] = c
-                    break
-            j = (j + 1) & mask
+        j, c = _probe(slots, mask, h, offsets, arena, cblob, s0, length)
+        if c >= 0:
+            out[k] = c
+        else:
+            if n >= max_n or used + length > arena.size:
+                return k, n, used
+            for t in range(length):
+                arena[used + t] = cblob[s0 + t]
+            used += length
+            offsets[n + 1] = used
+            hashes[n] = h
+            slots[j] = (h & _HI_MASK) | np.uint64(n)
+            out[k] = n
+            n += 1
         k += 1
     return k, n, used
 
@@ -231,20 +233,7 @@ def _lookup(arena, offsets, slots, cblob, coffsets, chashes, out):
         h = chashes[k]
         s0 = coffsets[k]
         length = coffsets[k + 1] - s0
-        hi = h & _HI_MASK
-        j = np.int64(h & np.uint64(mask))
-        out[k] = -1
-        while True:
-            e = slots[j]
-            if e == _EMPTY:
-                break
-            if (e & _HI_MASK) == hi:
-                c = np.int64(e & _LO_MASK)
-                a0 = offsets[c]
-                if offsets[c + 1] - a0 == length and _bytes_equal(arena, a0, cblob, s0, length):
-                    out[k] = c
-                    break
-            j = (j + 1) & mask
+        out[k] = _probe(slots, mask, h, offsets, arena, cblob, s0, length)[1]
 
 
 # ---------------------------------------------------------------------------- string columns
