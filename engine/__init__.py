@@ -8,11 +8,11 @@ The embedded API (no server, no Ray)::
 
 from ._deltas import Delta
 from ._engine import Engine, IngestResult, SegmentInfo
-from .errors import (ClockError, ConfigError, EngineError, ExpressionError, SegmentExists,
-                     SegmentInUse, SequenceTooOld, UnknownSegment)
+from .errors import (ClockError, ConfigError, EngineError, ExpressionError, ModelError, ModelInUse,
+                     SegmentExists, SegmentInUse, SequenceTooOld, UnknownModel, UnknownSegment)
 
 __all__ = [
     "Engine", "IngestResult", "SegmentInfo", "Delta",
     "EngineError", "ExpressionError", "SegmentExists", "SegmentInUse", "UnknownSegment",
-    "ClockError", "ConfigError", "SequenceTooOld",
+    "ClockError", "ConfigError", "SequenceTooOld", "ModelError", "UnknownModel", "ModelInUse",
 ]

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from ._batch import Rejection, events_from_dicts, prepare_events, prepare_traits
 from ._deltas import Delta, DeltaBatch, DeltaLog
+from ._models import (ModelCatalog, check_training_rows, merge_training_data, plan_training,
+                      validate_features)
 from ._segments import SegmentRegistry
 from ._shard import ShardCore
 from ._units import parse_duration_ms
@@ -54,15 +56,23 @@ class Engine:
 
     def __init__(self, clock: str = "event", retention: "str | int" = "30d", *,
                  max_events_per_type: int = 4096, delta_log_capacity: int = 1_000_000,
-                 tick_interval_ms: int | None = None):
+                 tick_interval_ms: int | None = None, data_dir: str | None = None,
+                 rescore_interval: "str | int" = "1h"):
         if clock not in CLOCKS:
             raise ConfigError(f"clock must be 'event' or 'wall', not {clock!r}")
         self.clock = clock
         self.retention_ms = parse_duration_ms(retention, "retention")
+        # 0 turns the scheduled re-scoring off (scores still follow every event)
+        self.rescore_interval_ms = 0 if rescore_interval in (0, "0") else \
+            parse_duration_ms(rescore_interval, "rescore_interval")
         self._core = ShardCore(self.retention_ms, max_events_per_type)
-        self._registry = SegmentRegistry(self.retention_ms)
+        self._models = ModelCatalog(data_dir)
+        self._registry = SegmentRegistry(self.retention_ms, models=self._models)
         self._log = DeltaLog(delta_log_capacity)
         self._now = 0 if clock == "event" else wall_now_ms()
+        self._last_rescore_ms = self._now
+        for dep in self._models.deployments():     # versions kept in the data dir
+            self._core.deploy_model(dep, self._now)
         self._lock = threading.RLock()
         self._ticker = None
         if tick_interval_ms is not None:
@@ -116,7 +126,12 @@ class Engine:
 
     def _emit(self, batch: DeltaBatch) -> int:
         self._log.append(batch)
-        return len(batch)
+        n = len(batch)
+        if (self.rescore_interval_ms and self._core.models
+                and self._now - self._last_rescore_ms >= self.rescore_interval_ms):
+            self._last_rescore_ms = self._now
+            n += self._emit(self._core.rescore(self._now))
+        return n
 
     # ------------------------------------------------------------------ ingestion
     def ingest(self, events) -> IngestResult:
@@ -232,6 +247,74 @@ class Engine:
             self._emit(self._core.delete_user(user_id, self._clock_for_op()))
             return view
 
+    # ------------------------------------------------------------------ models
+    def train_model(self, spec=None, *, progress=None, **fields):
+        """Train a model on the engine's own history (point in time: features as of
+        ``now - horizon``, label from the horizon), deploy it and return its ModelReport.
+        Training a name again makes a new version; segments using it move (MODEL_UPDATED).
+
+        ``spec`` is a ``scoring.ModelSpec``, or give its fields as keywords (``horizon`` and
+        ``lookback`` also take durations such as ``"7d"``)."""
+        from scoring.registry import ModelVersion
+        from scoring.training import train
+
+        spec = model_spec(spec, fields)
+        with self._lock:
+            now = self._clock_for_op()
+            plan = plan_training(spec, self.retention_ms, now, self._core.schema_summary(), self._registry)
+            if progress:
+                progress("features")
+            data = merge_training_data([self._core.training_data(plan.features, plan.spec, plan.cutoff_ms, now)])
+            version = self._models.next_version(plan.spec.name)
+        check_training_rows(data, plan)
+        # outside the lock: other threads go on ingesting and reading while the model fits
+        dep, report = train(data["X"], data["y"], data["hashes"], plan.spec, version=version,
+                            features=plan.features, now_ms=now, cutoff_ms=plan.cutoff_ms, progress=progress)
+        if progress:
+            progress("deploy")
+        return self._deploy(ModelVersion(plan.spec.name, version, plan.spec, dep, report))
+
+    def deploy_model(self, name: str, onnx: bytes, features) -> object:
+        """Deploy a user's own ONNX model with its feature expressions (checked against the
+        model's input); ``score`` and ``bucket`` work with it, ``likely`` needs a validation
+        curve, which only trained models have."""
+        from scoring.registry import ModelVersion
+        from scoring.training import user_model
+
+        with self._lock:
+            features = validate_features(features, self.retention_ms)
+            version = self._models.next_version(name)
+            dep, report = user_model(name, version, onnx, features, self._clock_for_op())
+            return self._deploy(ModelVersion(name, version, None, dep, report))
+
+    def _deploy(self, mv):
+        with self._lock:
+            self._models.add(mv)
+            self._emit(self._core.deploy_model(mv.deployment, self._clock_for_op()))
+            return mv.report
+
+    def get_model(self, name: str):
+        with self._lock:
+            return self._models.report(name)
+
+    def list_models(self) -> list:
+        with self._lock:
+            return self._models.reports()
+
+    def delete_model(self, name: str):
+        """Forget a model and its versions. Raises ModelInUse while a segment uses it."""
+        with self._lock:
+            self._models.check_delete(name, self._registry)
+            self._core.drop_model(name)
+            return self._models.remove(name)
+
+    def rescore(self) -> int:
+        """Score every user again now (also done every ``rescore_interval``); returns deltas."""
+        with self._lock:
+            now = self._clock_for_op()
+            self._last_rescore_ms = now
+            return self._emit(self._core.rescore(now))
+
     # ------------------------------------------------------------------ output
     def deltas(self, after_sequence: int = 0, segments=None) -> list[Delta]:
         """Retained deltas with ``sequence > after_sequence``. Raises SequenceTooOld."""
@@ -255,3 +338,21 @@ class Engine:
             events = self._core.retained_events()
             m.update(users=users, retained_events=events)
             return m
+
+
+def model_spec(spec, fields: dict):
+    """A ModelSpec from a spec and/or keyword fields (``horizon``/``lookback`` as durations)."""
+    from dataclasses import replace
+
+    from scoring.spec import ModelSpec
+
+    fields = dict(fields)
+    for short in ("horizon", "lookback"):
+        if short in fields:
+            fields[short + "_ms"] = parse_duration_ms(fields.pop(short), short)
+    if "features" in fields:
+        fields["features"] = tuple(fields["features"] or ())
+    if spec is None:
+        return ModelSpec(**fields)
+    return replace(spec, **fields) if fields else spec
+

@@ -29,6 +29,18 @@ class ShardSchema:
     def column(self, type_id: int, prop: str) -> int: ...
     def trait_col(self, name: str) -> int: ...
     def string_code(self, s: str) -> int: ...
+    def model(self, name: str) -> "ModelColumns": ...
+
+
+class ModelColumns:
+    """What a shard tells the compiler about a deployed model: the trait column that holds
+    its scores, its bucket cut-offs and its precision thresholds."""
+
+    score_trait: str
+    bucket_high: float
+    bucket_medium: float
+
+    def threshold(self, precision: float) -> float: ...
 
 
 @dataclass
@@ -175,9 +187,28 @@ class _Compiler:
         elif isinstance(n, A.SegmentRef):
             self.deps.add(n.name)
             self.emit(K.OP_SEG, self.slot_of(n.name), push=1)
+        elif isinstance(n, A.ModelCall):
+            self.model_call(n)
         else:
             line, col = getattr(n, "line", 1), getattr(n, "col", 1)
             raise ExpressionError(line, col, f"{type(n).__name__} cannot be evaluated by this engine version")
+
+    def model_call(self, n: A.ModelCall) -> None:
+        """A model's score is a hidden trait column that the shard writes after scoring, so a
+        re-scored user is re-evaluated like a user whose trait changed."""
+        m = self.schema.model(n.model)
+        if m is None:
+            raise ExpressionError(n.line, n.col, f'unknown model "{n.model}": train or deploy it first')
+        self.emit(K.OP_TRAIT, self.trait(m.score_trait), push=1)
+        if n.func == "bucket":
+            self.emit(K.OP_BUCKET, self.const_run([m.bucket_high, m.bucket_medium, "high", "medium", "low"]))
+        elif n.func == "likely":
+            try:
+                t = m.threshold(n.precision)
+            except ValueError as err:
+                raise ExpressionError(n.line, n.col, str(err)) from None
+            self.emit(K.OP_CONST, self.const(t), push=1)
+            self.emit(K.OP_GE, push=-1)
 
     def trait(self, name: str) -> int:
         c = self.schema.trait_col(name)
@@ -301,6 +332,24 @@ def build_plan(defs, schema: ShardSchema, slot_of: Callable[[str], int]) -> Plan
         steps=np.array(c.steps, dtype=np.int64).reshape(-1, 3),
         fprog=np.array(c.fprog, dtype=np.int64).reshape(-1, 4),
     )
+
+
+def build_value_plan(trees, schema: ShardSchema) -> Plan:
+    """Compile numeric expressions (model features) into a plan whose programs the
+    ``_values`` kernel evaluates; they may not reference segments."""
+    class _Named:
+        def __init__(self, i, tree):
+            self.name, self.ast = f"\x00value{i}", tree
+
+    named = [_Named(i, t) for i, t in enumerate(trees)]
+    own = {d.name: i for i, d in enumerate(named)}
+
+    def slot_of(name):
+        if name in own:
+            return own[name]
+        raise ExpressionError(1, 1, f'segment("{name}") cannot be used in a model feature')
+
+    return build_plan(named, schema, slot_of)
 
 
 def _u64(mask: int) -> int:

@@ -23,6 +23,7 @@ class SegmentDef:
     description: str = ""
     created_ms: int = 0
     version: int = 1
+    models: tuple[str, ...] = ()
 
 
 def _check_name(name: str) -> None:
@@ -37,6 +38,7 @@ class SegmentRegistry:
     """Names → definitions, with the dependency checks of EXPRESSIONS.md."""
 
     retention_ms: int
+    models: object = None      # ModelCatalog (engine._models): deployment(name) -> Deployment | None
     _defs: dict[str, SegmentDef] = field(default_factory=dict)
 
     def validate(self, name: str, expression: str, description: str = "", *,
@@ -59,10 +61,11 @@ class SegmentRegistry:
             if node.name == name or name in self._closure(node.name):
                 raise ExpressionError(node.line, node.col,
                                       f'segment("{node.name}") would make a cycle through "{name}"')
+        models = self._check_models(tree)
         old = self._defs.get(name)
         created = old.created_ms if old else (now_ms if now_ms is not None else int(time.time() * 1000))
         return SegmentDef(name, expression, tree, tuple(deps), description or "", created,
-                          (old.version + 1) if old else 1)
+                          (old.version + 1) if old else 1, models)
 
     def validate_expression(self, expression: str, now_ms: int | None = None) -> SegmentDef:
         """Validate an expression that is not (yet) a segment, for previews."""
@@ -74,8 +77,34 @@ class SegmentRegistry:
         for node in _segment_ref_nodes(tree):
             if node.name not in self._defs:
                 raise ExpressionError(node.line, node.col, f'unknown segment "{node.name}" in segment(...)')
+        models = self._check_models(tree)
         return SegmentDef("\x00preview", expression, tree, tuple(sorted(segment_refs(tree))),
-                          created_ms=now_ms or 0)
+                          created_ms=now_ms or 0, models=models)
+
+    def _check_models(self, tree) -> tuple[str, ...]:
+        """Every model the expression uses must be deployed, and each ``likely`` precision
+        level reachable on the model's validation curve."""
+        from .expr import walk
+
+        used = []
+        for node in walk(tree):
+            if not isinstance(node, A.ModelCall):
+                continue
+            dep = self.models.deployment(node.model) if self.models is not None else None
+            if dep is None:
+                raise ExpressionError(node.line, node.col,
+                                      f'unknown model "{node.model}": train or deploy it first')
+            if node.func == "likely":
+                try:
+                    dep.threshold(node.precision)
+                except ValueError as err:
+                    raise ExpressionError(node.line, node.col, str(err)) from None
+            used.append(node.model)
+        return tuple(sorted(set(used)))
+
+    def model_users(self, model: str) -> list[str]:
+        """Segments whose expressions use the model."""
+        return sorted(n for n, d in self._defs.items() if model in d.models)
 
     def _closure(self, name: str) -> set[str]:
         """Every segment that ``name`` depends on, transitively."""

@@ -18,6 +18,7 @@ from ._deltas import (CAUSE_EVENT, CAUSE_SEGMENT_CREATED, CAUSE_SEGMENT_DELETED,
                       CAUSE_TRAIT, CAUSE_USER_DELETED, DeltaBatch)
 from ._plan import Plan, build_plan
 from ._segments import SegmentDef, topological_order
+from ._shard_models import ShardModels
 from .errors import UnknownSegment
 from .kernels import _eval as KE
 from .kernels import _store as KS
@@ -31,7 +32,7 @@ _EMPTY_I64 = np.zeros(0, np.int64)
 _EMPTY_U64 = np.zeros(0, np.uint64)
 
 
-class ShardCore:
+class ShardCore(ShardModels):
     """One shard's users: events, traits, segment membership and timers."""
 
     def __init__(self, retention_ms: int, max_events_per_type: int = 4096, *, initial_rows: int = 1024):
@@ -59,6 +60,7 @@ class ShardCore:
         self.slots: dict[str, int] = {}
         self._wcap = 1
         self.plan: Plan = Plan.empty()
+        self._init_models()
         # per-row state
         self._rcap = 0
         self._alloc_rows(max(initial_rows, 1024))
@@ -214,7 +216,9 @@ class ShardCore:
                 break
             self._grow_arena(int(need))
         self.events_accepted += n
-        delta = self._evaluate(rows, tids, _EMPTY_I64, _EMPTY_U64, now_ms, CAUSE_EVENT)
+        # scores first, so that score() segments move in the same evaluation as the event
+        srows, smask = self._score_after_events(rows, tids, now_ms)
+        delta = self._evaluate(rows, tids, srows, smask, now_ms, CAUSE_EVENT)
         self._maybe_compact(now_ms)
         return delta
 
@@ -242,6 +246,9 @@ class ShardCore:
             keep = idx[len(idx) - 1 - last]
             self.traits[rows[keep], c] = vals[keep]
             tmask[idx] |= np.uint64(1 << (c & 63))
+        srows, smask = self._score_after_traits(rows, tmask, now_ms)
+        if len(srows):
+            rows, tmask = np.concatenate([rows, srows]), np.concatenate([tmask, smask])
         return self._evaluate(_EMPTY_I64, _EMPTY_I64, rows, tmask, now_ms, CAUSE_TRAIT)
 
     def advance(self, now_ms: int) -> DeltaBatch:
@@ -460,13 +467,16 @@ class ShardCore:
     def user_view(self, user_id: str) -> dict:
         r = self._row_of(user_id)
         if r < 0:
-            return {"user_id": user_id, "known": False, "segments": [], "traits": {}}
+            return {"user_id": user_id, "known": False, "segments": [], "traits": {}, "scores": {}}
         traits = {}
         for name, c in self.trait_ids.items():
+            if name.startswith("\x00"):   # model scores: reported under "scores"
+                continue
             v = V.unbox(float(self.traits[r, c]), self.strings.get)
             if v is not None:
                 traits[name] = v
-        return {"user_id": user_id, "known": True, "segments": self.user_segments(user_id), "traits": traits}
+        return {"user_id": user_id, "known": True, "segments": self.user_segments(user_id), "traits": traits,
+                "scores": self.scores_of(r)}
 
     def delete_user(self, user_id: str, now_ms: int) -> DeltaBatch:
         """Forget a user's events and traits; EXIT from every segment it was in."""

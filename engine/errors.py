@@ -45,3 +45,19 @@ class ConfigError(EngineError, ValueError):
 
 class SegmentInUse(EngineError):
     """The segment is referenced by other segments; delete or replace those first."""
+
+
+class ModelError(EngineError, ValueError):
+    """A model specification, a model file or a training run that cannot be used; the
+    message names the field or the mismatch."""
+
+
+class UnknownModel(EngineError, KeyError):
+    """No model has that name."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown model"
+
+
+class ModelInUse(EngineError):
+    """The model is used by segments; delete or replace those first."""

@@ -12,8 +12,13 @@ There are no timers: a time-driven change simply shows up at the next evaluation
 is exactly what docs/semantics.md asks of the engine ("a timer never fires late with respect
 to an evaluation point").
 
-Population-relative and predictive functions (``rfm_*``, ``score``, ``bucket``, ``likely``)
-are outside the reference; segments using them are refused with an ``ExpressionError``.
+Models: ``deploy_model`` gives the reference a model as a plain function from feature values
+to probabilities. A user's score is computed from the reference's own evaluation of the
+feature expressions, at these moments only (docs/predictive.md): for every known user when
+the model is deployed and at ``rescore()``, and for a user whose batch brings an event of a
+type that a feature reads, or whose update sets a trait that a feature reads. ``score``,
+``bucket`` and ``likely`` read those scores. Population-relative functions (``rfm_*``) are
+outside the reference; segments using them are refused with an ``ExpressionError``.
 """
 
 from __future__ import annotations
@@ -125,6 +130,18 @@ class _Segment:
     tree: Any
     deps: frozenset[str]
     created: int  # creation counter, the tie-break of the dependency order
+
+
+@dataclass
+class _Model:
+    features: list[Any]                       # checked ASTs
+    predict: Callable[[list[list[Any]]], list[float]]
+    bucket_high: float
+    bucket_medium: float
+    threshold: Callable[[float], float] | None
+    types: frozenset[str]                     # event types the features read
+    traits: frozenset[str]                    # traits the features read
+    scores: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -263,6 +280,7 @@ class ReferenceEngine:
         self._arrivals = 0
         self._created = 0
         self.events_dropped = 0
+        self._models: dict[str, _Model] = {}
 
     # ------------------------------------------------------------------ clock
 
@@ -351,6 +369,7 @@ class ReferenceEngine:
         now_before = self._now
         rejections: list[Rejection] = []
         touched: set[str] = set()
+        touched_types: set[tuple[str, str]] = set()
         newest = None
         for i, ev in enumerate(rows):
             ev = _py_row(ev)
@@ -370,9 +389,12 @@ class ReferenceEngine:
                 _Event(ev["type"], int(ev["timestamp_ms"]), self._arrivals, 0.0 if value is None else _norm(value), props),
             )
             touched.add(ev["user_id"])
+            touched_types.add((ev["user_id"], ev["type"]))
             newest = int(ev["timestamp_ms"]) if newest is None else max(newest, int(ev["timestamp_ms"]))
         if self.clock == "event" and newest is not None:
             self._now = max(self._now, newest)
+        for m in self._models.values():
+            self._score(m, sorted({u for u, t in touched_types if t in m.types}))
         self._commit(lambda seg, uid: EVENT if uid in touched else TIME)
         return IngestResult(len(rows) - len(rejections), len(rejections), rejections, self._now)
 
@@ -416,6 +438,9 @@ class ReferenceEngine:
                 user.traits[k] = _norm(v)
         if self.clock == "event" and timestamp_ms is not None:
             self._now = max(self._now, int(timestamp_ms))
+        for m in self._models.values():
+            if m.traits & set(traits):
+                self._score(m, [user_id])
         self._commit(lambda seg, uid: TRAIT if uid == user_id else TIME)
         return IngestResult(1, 0, [], self._now)
 
@@ -429,7 +454,49 @@ class ReferenceEngine:
                     self._members[name].discard(user_id)
                     self._emit(name, user_id, EXIT, USER_DELETED)
             del self._users[user_id]
+            for m in self._models.values():
+                m.scores.pop(user_id, None)
         self._commit(lambda seg, uid: TIME)
+
+    # ------------------------------------------------------------------ models
+
+    def deploy_model(self, name: str, features: list[str], predict: Callable[[list[list[Any]]], list[float]], *,
+                     bucket_high: float = 0.75, bucket_medium: float = 0.5,
+                     threshold: Callable[[float], float] | None = None) -> None:
+        """(Re)deploy a model: ``predict`` maps rows of raw feature values (as ``evaluate``
+        returns them) to probabilities. Everyone is scored; changes have cause MODEL_UPDATED."""
+        from engine.expr import check, parse, event_types, trait_names
+
+        trees = []
+        for text in features:
+            tree = parse(text)
+            check(tree, retention_ms=self.retention_ms, condition=False)
+            trees.append(tree)
+        types = frozenset().union(*(event_types(t) for t in trees)) if trees else frozenset()
+        traits = frozenset().union(*(trait_names(t) for t in trees)) if trees else frozenset()
+        self._models[name] = _Model(trees, predict, bucket_high, bucket_medium, threshold, types, traits)
+        self._score(self._models[name], self.known_users())
+        self._commit(lambda seg, uid: "MODEL_UPDATED")
+
+    def rescore(self) -> None:
+        """Score every known user with every model, now (changes have cause TIME)."""
+        self._tick()
+        for m in self._models.values():
+            self._score(m, self.known_users())
+        self._commit(lambda seg, uid: TIME)
+
+    def scores(self, user_id: str) -> dict[str, float]:
+        return {n: m.scores[user_id] for n, m in self._models.items() if user_id in m.scores}
+
+    def _score(self, m: _Model, users: list[str]) -> None:
+        if not users:
+            return
+        rows = [[self.evaluate(u, f) for f in m.features] for u in users]
+        for u, p in zip(users, m.predict(rows)):
+            if math.isfinite(p):
+                m.scores[u] = float(p)
+            else:                       # a model that gives no number leaves the user unscored
+                m.scores.pop(u, None)
 
     def known_users(self) -> list[str]:
         return sorted(self._users)
@@ -574,8 +641,13 @@ class ReferenceEngine:
         deps: set[str] = set()
         for node in _walk(tree):
             window = getattr(node, "window_ms", None)
-            if isinstance(node, (A.Rfm, A.ModelCall)):
+            if isinstance(node, A.Rfm):
                 raise ExpressionError(node.line, node.col, f"{node.func}() is not supported by the reference evaluator")
+            if isinstance(node, A.ModelCall):
+                if node.model not in self._models:
+                    raise ExpressionError(node.line, node.col, f'unknown model "{node.model}"')
+                if node.func == "likely" and self._models[node.model].threshold is None:
+                    raise ExpressionError(node.line, node.col, f'model "{node.model}" has no validation curve')
             if isinstance(node, (A.Aggregate, A.Sequence)) and window > self.retention_ms:
                 raise ExpressionError(
                     node.line, node.col, f"window of {window} ms is longer than the retention ({self.retention_ms} ms)"
@@ -762,7 +834,15 @@ class ReferenceEngine:
         raise NotImplementedError("rfm functions are outside the reference evaluator")
 
     def _e_ModelCall(self, node: A.ModelCall, ctx: _Ctx) -> Any:
-        raise NotImplementedError("model functions are outside the reference evaluator")
+        m = self._models[node.model]
+        s = m.scores.get(ctx.user_id)
+        if node.func == "score":
+            return s
+        if s is None:
+            return None
+        if node.func == "bucket":
+            return "high" if s >= m.bucket_high else "medium" if s >= m.bucket_medium else "low"
+        return s >= m.threshold(node.precision)
 
 
 def _prop(ev: _Event, name: str) -> Any:

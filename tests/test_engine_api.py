@@ -127,7 +127,8 @@ def test_user_views_and_deletion():
     assert eng.get_user("u1")["known"] is False
     assert eng.user_segments("u1") == []
     assert [(d.kind, d.cause) for d in eng.deltas()][-2:] == [("EXIT", "USER_DELETED")] * 2
-    assert eng.get_user("nobody") == {"user_id": "nobody", "known": False, "segments": [], "traits": {}}
+    assert eng.get_user("nobody") == {"user_id": "nobody", "known": False, "segments": [], "traits": {},
+                                      "scores": {}}
 
 
 def test_wall_clock_fires_timers_by_itself():

@@ -99,7 +99,7 @@ class _Checker:
 
     def predictive(self, node, func: str) -> None:
         if not self.allow_predictive:
-            raise _err(node, f"{func}() is not available yet: population-relative and predictive functions "
+            raise _err(node, f"{func}() is not available yet: population-relative functions "
                              "arrive in a later version")
 
     # ------------------------------------------------------------------ nodes
@@ -214,7 +214,6 @@ class _Checker:
         types = {"score": NUMBER, "bucket": STRING, "likely": BOOL}
         if node.func not in types:
             raise _err(node, f'unknown function "{node.func}"')
-        self.predictive(node, node.func)
         if node.func == "likely" and not (node.precision is not None and 0.0 <= node.precision <= 1.0):
             raise _err(node, "the precision level must be between 0 and 1 (0.8 means 80 %)")
         return types[node.func]

@@ -23,10 +23,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from ._store import NO_BLOCK, _upper_bound, h_len, h_off, h_start
-from ._bits import (K_NULL, K_NUMBER, bool_value, f2i, haversine_m, i2f,
+from ._bits import (K_BOOL, K_NULL, K_NUMBER, bool_value, f2i, haversine_m, i2f,
                     is_true, kind_of, null_value, number_or_null, prefetch)
 
 INF_MS = np.iinfo(np.int64).max
@@ -38,6 +38,7 @@ OP_PROP, OP_EXISTS_PROP = 8, 9
 OP_NEG, OP_ADD, OP_SUB, OP_MUL, OP_DIV = 10, 11, 12, 13, 14
 OP_EQ, OP_NE, OP_LT, OP_LE, OP_GT, OP_GE, OP_IN, OP_BETWEEN = 20, 21, 22, 23, 24, 25, 26, 27
 OP_AND, OP_OR, OP_NOT = 30, 31, 32
+OP_BUCKET = 40   # a1: first of 5 consts (high cut, medium cut, "high", "medium", "low")
 
 # leaf kinds
 L_COUNT, L_SUM, L_AVG, L_MIN, L_MAX, L_DISTINCT, L_TOP, L_DAYS, L_AFF = 1, 2, 3, 4, 5, 6, 7, 8, 9
@@ -474,7 +475,7 @@ def _sequence(j, r, now, leaves, steps, fprog, consts, arena, width, h, fst):
 
 @njit(cache=True, _nrt=False)
 def _program(r, now, poff, plen, prog, consts, lv, ls, lnx, traits, member, vst, sst, nst):
-    """Run a segment's program for row ``r``; returns (is member, next possible change).
+    """Run a segment's program for row ``r``; returns (boxed value, next possible change).
 
     Every stack entry carries its value, its slope and the earliest time it may change by
     time alone (``nst``). Comparisons add the time their affine operands cross. A false
@@ -635,7 +636,18 @@ def _program(r, now, poff, plen, prog, consts, lv, ls, lnx, traits, member, vst,
         elif op == OP_NOT:
             vst[sp - 1] = bool_value(not is_true(vst[sp - 1]))
             sst[sp - 1] = 0.0
-    return is_true(vst[0]), nst[0]
+        elif op == OP_BUCKET:
+            x = vst[sp - 1]
+            if kind_of(x) != K_NUMBER:
+                vst[sp - 1] = null_value()
+            elif x >= consts[a1]:
+                vst[sp - 1] = consts[a1 + 2]
+            elif x >= consts[a1 + 1]:
+                vst[sp - 1] = consts[a1 + 3]
+            else:
+                vst[sp - 1] = consts[a1 + 4]
+            sst[sp - 1] = 0.0
+    return vst[0], nst[0]
 
 
 @njit(cache=True)
@@ -715,8 +727,9 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
                 lv[q], ls[q], lnx[q] = _leaf(loff + q, r, now, retention_ms, leaves, steps, fprog, consts,
                                              arena, width, h, fst, keys, idx, mt)
             # leaf indices in the program are relative to the segment's first leaf
-            res, nxt = _program(r, now, seg_tab[s, 0], seg_tab[s, 1], prog, consts, lv, ls, lnx, traits,
+            val, nxt = _program(r, now, seg_tab[s, 0], seg_tab[s, 1], prog, consts, lv, ls, lnx, traits,
                                 member, vst, sst, nst)
+            res = is_true(val)
             if dry:
                 if not res:
                     continue
@@ -759,6 +772,92 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
             if tmin < tblock[b]:
                 tblock[b] = tmin
     return out_i[:n_out], out_s[:n_out], out_k[:n_out]
+
+
+VALUE_CHUNK = 2048
+
+
+@njit(cache=True, parallel=True)
+def _values(rows, seg_tab, prog, consts, leaves, steps, fprog, arena, width, h, traits, member,
+            now, retention_ms, max_per, out):
+    """Numeric values of the programs ``seg_tab`` (feature expressions, same layout as segments)
+    for user rows ``rows`` at ``now``, into ``out[len(rows), nprog]``: numbers as they are
+    (``since`` of nothing is +inf), true/false as 1/0, null and strings as NaN.
+
+    Read-only over the shard's state, so chunks of rows run on every core (a re-score of
+    every user is the one large call)."""
+    m = rows.shape[0]
+    nchunks = (m + VALUE_CHUNK - 1) // VALUE_CHUNK
+    for c in prange(nchunks):
+        _values_chunk(rows, c * VALUE_CHUNK, min(m, (c + 1) * VALUE_CHUNK), seg_tab, prog, consts,
+                      leaves, steps, fprog, arena, width, h, traits, member, now, retention_ms,
+                      max_per, out)
+
+
+@njit(cache=True)
+def _values_chunk(rows, a, b, seg_tab, prog, consts, leaves, steps, fprog, arena, width, h, traits,
+                  member, now, retention_ms, max_per, out):
+    nf = seg_tab.shape[0]
+    maxleaf = 1
+    for s in range(nf):
+        if seg_tab[s, 3] > maxleaf:
+            maxleaf = seg_tab[s, 3]
+    lv = np.empty(maxleaf, dtype=np.float64)
+    ls = np.empty(maxleaf, dtype=np.float64)
+    lnx = np.empty(maxleaf, dtype=np.int64)
+    vst = np.empty(MAX_STACK, dtype=np.float64)
+    sst = np.empty(MAX_STACK, dtype=np.float64)
+    nst = np.empty(MAX_STACK, dtype=np.int64)
+    fst = np.empty(MAX_STACK, dtype=np.float64)
+    keys = np.empty(max_per + 1, dtype=np.int64)
+    idx = np.empty(max_per + 1, dtype=np.int64)
+    mt = np.empty(max_per + 1, dtype=np.int64)
+    ntypes = h.shape[1]
+    for i in range(a, b):
+        if i + 4 < b:
+            r4 = rows[i + 4]
+            prefetch(h, r4 * ntypes)
+            for t in range(ntypes):
+                hd = h[r4, t]
+                if hd != NO_BLOCK:
+                    prefetch(arena, h_off(hd) + h_start(hd) * width[t])
+        r = rows[i]
+        for s in range(nf):
+            loff = seg_tab[s, 2]
+            for q in range(seg_tab[s, 3]):
+                lv[q], ls[q], lnx[q] = _leaf(loff + q, r, now, retention_ms, leaves, steps, fprog, consts,
+                                             arena, width, h, fst, keys, idx, mt)
+            val, _ = _program(r, now, seg_tab[s, 0], seg_tab[s, 1], prog, consts, lv, ls, lnx, traits,
+                              member, vst, sst, nst)
+            k = kind_of(val)
+            if k == K_NUMBER:
+                out[i, s] = val
+            elif k == K_BOOL:
+                out[i, s] = 1.0 if is_true(val) else 0.0
+            else:
+                out[i, s] = np.nan
+
+
+@njit(cache=True)
+def _seen_by(nrows, ntypes, arena, width, h, known, after_ms, t_ms, out):
+    """``out[r]`` = the user row has a stored event with ``after_ms < t <= t_ms`` (the
+    training population at a cutoff: users seen by then, among events still retained)."""
+    for r in range(nrows):
+        ok = False
+        if known[r]:
+            for t in range(ntypes):
+                hd = h[r, t]
+                if hd == NO_BLOCK:
+                    continue
+                off = h_off(hd)
+                w = width[t]
+                base = h_start(hd)
+                end = base + h_len(hd)
+                k = _upper_bound(arena, off, w, base, end, float(after_ms))
+                if k < end and arena[off + k * w] <= t_ms:
+                    ok = True
+                    break
+        out[r] = ok
 
 
 @njit(cache=True)
