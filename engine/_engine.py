@@ -13,6 +13,7 @@ from ._models import (ModelCatalog, check_training_rows, merge_training_data, pl
 from ._segments import SegmentRegistry
 from ._shard import ShardCore
 from ._units import parse_duration_ms
+from .config import parse_interval_ms
 from .errors import ClockError, ConfigError
 
 CLOCKS = ("event", "wall")
@@ -63,8 +64,7 @@ class Engine:
         self.clock = clock
         self.retention_ms = parse_duration_ms(retention, "retention")
         # 0 turns the scheduled re-scoring off (scores still follow every event)
-        self.rescore_interval_ms = 0 if rescore_interval in (0, "0") else \
-            parse_duration_ms(rescore_interval, "rescore_interval")
+        self.rescore_interval_ms = parse_interval_ms(rescore_interval, "rescore_interval")
         self._core = ShardCore(self.retention_ms, max_events_per_type)
         self._models = ModelCatalog(data_dir)
         self._registry = SegmentRegistry(self.retention_ms, models=self._models)

@@ -20,7 +20,9 @@ def merge_schemas(parts: list[dict]) -> dict:
     """Every shard's ``schema_summary()`` -> one: event counts add up, properties unite."""
     types: dict[str, dict] = {}
     traits: set[str] = set()
+    users = 0
     for part in parts:
+        users += int(part.get("users", 0))
         for name, info in part.get("types", {}).items():
             t = types.setdefault(name, {"events": 0, "props": set(), "has_value": False})
             t["events"] += int(info["events"])
@@ -28,7 +30,7 @@ def merge_schemas(parts: list[dict]) -> dict:
             t["has_value"] = t["has_value"] or bool(info["has_value"])
         traits.update(part.get("traits", ()))
     return {"types": {n: dict(t, props=sorted(t["props"])) for n, t in types.items()},
-            "traits": sorted(traits)}
+            "traits": sorted(traits), "users": users}
 
 
 @dataclass(frozen=True)
@@ -88,15 +90,21 @@ def _segment_target(schema: dict) -> str:
 
 
 def merge_training_data(parts: list[dict]) -> dict:
-    """The shards' ``training_data`` -> one set of rows (the order of shards is kept)."""
+    """The shards' ``training_data`` (any number of shards and slices) -> one set of rows,
+    in the order of the users' id hashes: the same population gives the learners the same
+    rows in the same order, so the same model, however it is sharded."""
     parts = [p for p in parts if p is not None]
     if not parts:
         raise ModelError("no shard returned training data")
     nf = parts[0]["X"].shape[1]
-    return {"X": np.concatenate([p["X"] for p in parts]).reshape(-1, nf),
-            "y": np.concatenate([p["y"] for p in parts]).astype(np.bool_),
-            "hashes": np.concatenate([p["hashes"] for p in parts]).astype(np.uint64),
-            "user_ids": [u for p in parts for u in p["user_ids"]]}
+    hashes = np.concatenate([p["hashes"] for p in parts]).astype(np.uint64)
+    ids = [u for p in parts for u in p["user_ids"]]
+    order = np.lexsort((np.asarray(ids, dtype=object), hashes)) if len(ids) == len(hashes) \
+        else np.argsort(hashes, kind="stable")
+    return {"X": np.concatenate([p["X"] for p in parts]).reshape(-1, nf)[order],
+            "y": np.concatenate([p["y"] for p in parts]).astype(np.bool_)[order],
+            "hashes": hashes[order],
+            "user_ids": [ids[i] for i in order] if len(ids) == len(hashes) else []}
 
 
 def check_training_rows(data: dict, plan: TrainingPlan) -> None:

@@ -137,31 +137,40 @@ class ShardModels:
             col = self.traits[:n, c]
             if n and np.any(~np.isnan(col)):
                 traits.append(name)
-        return {"types": types, "traits": sorted(traits)}
+        return {"types": types, "traits": sorted(traits), "users": int(self.known[:n].sum())}
 
-    def training_data(self, features, spec, cutoff_ms: int, now_ms: int, with_ids: bool = True) -> dict:
+    def training_data(self, features, spec, cutoff_ms: int, now_ms: int, with_ids: bool = True,
+                      part: tuple[int, int] = (0, 1)) -> dict:
         """Point-in-time training rows of this shard: features as of ``cutoff_ms`` (only
         events with ``t <= cutoff`` are seen), label from ``(cutoff, now]``, population = users
         with a retained event at or before the cutoff. With ``spec.target_segment``: features
-        and membership now (``cutoff_ms == now_ms``), population = every known user."""
+        and membership now (``cutoff_ms == now_ms``), population = every known user.
+        ``part = (k, n)`` keeps the users whose id hash is ``k`` mod ``n``, so that a server
+        can gather a large population in slices with ingestion going on in between."""
         plan = self._value_plan(list(features))
         if spec.target_segment:
             rows = self._known_rows()
-            y = np.zeros(len(rows), np.bool_)
-            if spec.target_segment in self.slots:
-                s = self.slots[spec.target_segment]
-                y = ((self.member[rows, s >> 6] >> np.uint64(s & 63)) & np.uint64(1)).astype(np.bool_)
         else:
             seen = np.zeros(self.nrows, np.bool_)
             KE._seen_by(self.nrows, len(self.type_names), self.arena, self.width, self.h, self.known,
                         int(now_ms - self.retention_ms), int(cutoff_ms), seen)
             rows = np.flatnonzero(seen).astype(np.int64)
+        hashes = self.users.hashes()[rows].astype(np.uint64)
+        k, n = part
+        if n > 1:
+            keep = hashes % np.uint64(n) == np.uint64(k)
+            rows, hashes = rows[keep], hashes[keep]
+        if spec.target_segment:
+            y = np.zeros(len(rows), np.bool_)
+            if spec.target_segment in self.slots:
+                s = self.slots[spec.target_segment]
+                y = ((self.member[rows, s >> 6] >> np.uint64(s & 63)) & np.uint64(1)).astype(np.bool_)
+        else:
             label = self._value_plan([label_expression(spec.target, now_ms - cutoff_ms)])
             y = self._values_of(label, rows, now_ms)[:, 0] > 0
             if spec.churn:
                 y = ~y
-        return {"X": self._values_of(plan, rows, cutoff_ms), "y": y,
-                "hashes": self.users.hashes()[rows].astype(np.uint64),
+        return {"X": self._values_of(plan, rows, cutoff_ms), "y": y, "hashes": hashes,
                 "user_ids": self.users.gather(rows) if with_ids else []}
 
     # ------------------------------------------------------------------ deployment

@@ -3,6 +3,7 @@
     rtseg serve [--shards N --clock wall|event ...]       start a server (flags or RTSEG_*)
     rtseg segment create|replace|get|list|delete|preview|export ...
     rtseg user ID [--delete]
+    rtseg model train|deploy|get|list|delete ...           predictive models (--server HOST:PORT)
     rtseg watch [SEGMENT ...] [--after SEQ]
     rtseg stats
     rtseg scale --shards N
@@ -10,9 +11,11 @@
     rtseg health
     rtseg bench ...                                        (the bench/ package, when present)
 
-Every operator command takes ``--target`` (``RTSEG_TARGET``), ``--token`` (``RTSEG_TOKEN``)
-and ``--tls-ca`` (``RTSEG_TLS_CA``). Results are printed as JSON; ``watch`` prints one JSON
-object per delta and ``segment export`` one user id per line.
+Every operator command takes ``--target`` or ``--server`` (``RTSEG_TARGET``), ``--token``
+(``RTSEG_TOKEN``) and ``--tls-ca`` (``RTSEG_TLS_CA``); the ``model`` commands take
+``--server`` only, since ``model train --target`` is what the model predicts. Results are
+printed as JSON; ``watch`` prints one JSON object per delta and ``segment export`` one user id
+per line; ``model`` commands print a report and a precision/recall table (``--json``: JSON).
 """
 
 from __future__ import annotations
@@ -35,10 +38,11 @@ def _env_default(name: str, default: str | None = None) -> str | None:
     return value if value != "" else default
 
 
-def _client_parent() -> argparse.ArgumentParser:
+def _client_parent(address_flags: tuple[str, ...] = ("--target", "--server"),
+                   ) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("connection")
-    g.add_argument("--target", default=None, metavar="HOST:PORT",
+    g.add_argument(*address_flags, dest="server_address", default=None, metavar="HOST:PORT",
                    help="server address [env RTSEG_TARGET; default 127.0.0.1:50051]")
     g.add_argument("--token", default=None,
                    help="bearer token of the server's --token [env RTSEG_TOKEN]")
@@ -96,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--count", type=int, default=0, metavar="N",
                        help="stop after N deltas (default: never)")
 
+    _add_model_parsers(sub)
+
     sub.add_parser("stats", parents=[client], help="engine statistics (JSON)")
     scale = sub.add_parser("scale", parents=[client], help="change the number of shards live")
     scale.add_argument("--shards", type=int, required=True, metavar="N")
@@ -106,10 +112,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_model_parsers(sub) -> None:
+    client = _client_parent(("--server",))
+    model = sub.add_parser("model", help="train, deploy and inspect predictive models",
+                           description="Predictive models: train on the engine's own history "
+                           "(point in time), deploy your own ONNX, inspect, delete. Segments "
+                           'use them with score("m"), bucket("m") and likely("m", P).')
+    msub = model.add_subparsers(dest="model_command", metavar="ACTION")
+    msub.required = True
+    out = argparse.ArgumentParser(add_help=False)
+    out.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+    t = msub.add_parser("train", parents=[client, out],
+                        help="train a model (a new version if the name exists) and deploy it")
+    t.add_argument("name")
+    t.add_argument("--target", default="", metavar="EVENTS",
+                   help='what to predict, an event source as in count(): "purchase", '
+                        '"purchase where value > 50"')
+    t.add_argument("--target-segment", default="", metavar="SEGMENT",
+                   help="lookalike: learn membership of this segment instead of a target")
+    t.add_argument("--horizon", default=None, metavar="DURATION",
+                   help="the target occurs within this long (e.g. 7d); needed with --target")
+    t.add_argument("--lookback", default=None, metavar="DURATION",
+                   help="history the features look at (default: min(retention - horizon, 90d))")
+    t.add_argument("--churn", action="store_true",
+                   help="predict that the target does NOT occur within the horizon")
+    t.add_argument("--feature", dest="features", action="append", default=[], metavar="EXPR",
+                   help="a numeric feature expression (repeat; default: a set chosen from "
+                        "the target and the most frequent events)")
+    t.add_argument("--algorithm", default="auto", choices=("auto", "logistic", "gbt"),
+                   help="auto keeps the better validation AUC")
+    t.add_argument("--bucket-high", type=float, default=None, metavar="P",
+                   help='bucket("m") is "high" from this probability (default 0.75)')
+    t.add_argument("--bucket-medium", type=float, default=None, metavar="P",
+                   help='bucket("m") is "medium" from this probability (default 0.5)')
+    t.add_argument("--seed", type=int, default=0, help="of the split and the learners")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    d = msub.add_parser("deploy", parents=[client, out],
+                        help="deploy your own ONNX model with its feature expressions")
+    d.add_argument("name")
+    d.add_argument("file", metavar="FILE.onnx", help='the ONNX model ("-" reads stdin)')
+    d.add_argument("--feature", dest="features", action="append", default=[], metavar="EXPR",
+                   required=True, help="the expression of each model input column, in order "
+                                       "(repeat)")
+    g = msub.add_parser("get", parents=[client, out], help="a model's latest report")
+    g.add_argument("name")
+    msub.add_parser("list", parents=[client, out], help="every model (latest versions)")
+    x = msub.add_parser("delete", parents=[client, out],
+                        help="forget a model and its versions (refused while a segment uses it)")
+    x.add_argument("name")
+
+
 def _client(args):
     from engine.client import DEFAULT_TARGET, Client
 
-    target = args.target or _env_default("RTSEG_TARGET", DEFAULT_TARGET)
+    target = args.server_address or _env_default("RTSEG_TARGET", DEFAULT_TARGET)
     token = args.token or _env_default("RTSEG_TOKEN")
     tls_ca = args.tls_ca or _env_default("RTSEG_TLS_CA")
     return Client(target, token, tls_ca=tls_ca, timeout_s=args.timeout)
@@ -168,9 +226,177 @@ def _run_watch(args) -> int:
     return EXIT_OK
 
 
+def _run_model(args) -> int:
+    cmd = args.model_command
+    with _client(args) as c:
+        if cmd == "train":
+            fields: dict[str, Any] = {
+                "target": args.target, "target_segment": args.target_segment,
+                "churn": args.churn, "features": tuple(args.features),
+                "algorithm": args.algorithm, "seed": args.seed}
+            for name in ("horizon", "lookback"):
+                if getattr(args, name):
+                    fields[name] = getattr(args, name)
+            for name in ("bucket_high", "bucket_medium"):
+                if getattr(args, name) is not None:
+                    fields[name] = getattr(args, name)
+            with _TrainProgressBar(disable=args.quiet) as bar:
+                report = c.train_model(name=args.name, progress=bar.phase, **fields)
+        elif cmd == "deploy":
+            if args.file == "-":
+                onnx = sys.stdin.buffer.read()
+            else:
+                with open(args.file, "rb") as f:
+                    onnx = f.read()
+            report = c.deploy_model(args.name, onnx, args.features)
+        elif cmd == "get":
+            report = c.get_model(args.name)
+        elif cmd == "delete":
+            report = c.delete_model(args.name)
+        else:  # list
+            reports = c.list_models()
+            if args.json:
+                _print_json([_report_dict(r) for r in reports])
+            else:
+                print(_models_table(reports))
+            return EXIT_OK
+    if args.json:
+        _print_json(_report_dict(report))
+    else:
+        print(_report_text(report))
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- model views
+
+CURVE_PRECISIONS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+
+
+class _TrainProgressBar:
+    """A tqdm bar over the training phases (on stderr, so stdout stays the report)."""
+
+    def __init__(self, disable: bool = False):
+        from engine.server._models import PHASES
+
+        self.phases = PHASES
+        self._disable = disable
+        self._bar = None
+
+    def __enter__(self) -> "_TrainProgressBar":
+        if not self._disable:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=len(self.phases), file=sys.stderr, unit="phase", mininterval=0,
+                             bar_format="{desc:<20} {bar:30} {n_fmt}/{total_fmt} [{elapsed}]")
+        return self
+
+    def phase(self, name: str) -> None:
+        if self._bar is None:
+            return
+        done = self.phases.index(name) if name in self.phases else self._bar.n
+        self._bar.set_description_str(f"training: {name}", refresh=False)
+        if done > self._bar.n:
+            self._bar.update(done - self._bar.n)
+        else:
+            self._bar.refresh()
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if self._bar is not None:
+            if exc_type is None:
+                self._bar.set_description_str("training: done", refresh=False)
+                self._bar.update(len(self.phases) - self._bar.n)
+            self._bar.close()
+
+
+def _report_dict(report) -> dict:
+    return report.to_dict()
+
+
+def _duration(ms: int) -> str:
+    """Milliseconds in the largest whole unit up to days, as people wrote them: 7d, 36h."""
+    from engine._units import UNIT_MS
+
+    ms = int(ms)
+    for unit in ("d", "h", "m", "s"):
+        if ms and ms % UNIT_MS[unit] == 0:
+            return f"{ms // UNIT_MS[unit]}{unit}"
+    return f"{ms}ms"
+
+
+def _utc(ms: int) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime(
+        "%Y-%m-%d %H:%M:%S UTC")
+
+
+def _curve_rows(report) -> list[tuple]:
+    """(precision level, the curve point of its lowest threshold or None)."""
+    from scoring.spec import threshold_for
+
+    rows = []
+    for level in CURVE_PRECISIONS:
+        t = threshold_for(report.curve, level)
+        point = None if t is None else next((p for p in report.curve if p.threshold == t), None)
+        rows.append((level, point))
+    return rows
+
+
+def _report_text(report) -> str:
+    """A model's report as people read it: what it predicts, how well, and the curve."""
+    r = report
+    if r.target_segment:
+        what = f"lookalike of segment {r.target_segment!r}"
+    elif r.target:
+        what = (f"{'no ' if r.churn else ''}{r.target} within {_duration(r.horizon_ms)}"
+                + (" (churn)" if r.churn else ""))
+    else:
+        what = "user-supplied ONNX model"
+    lines = [f"model {r.name}  version {r.version}  ({r.algorithm}, {_utc(r.trained_ms)})",
+             f"  predicts      {what}"]
+    if r.algorithm != "onnx":
+        lines += [
+            f"  lookback      {_duration(r.lookback_ms)}, features as of {_utc(r.cutoff_ms)}",
+            f"  population    {r.rows:,} users, {r.positives:,} positive "
+            f"(base rate {r.base_rate:.1%})",
+            f"  validation    {r.validation_rows:,} users, {r.validation_positives:,} positive: "
+            f"AUC {r.auc:.4f}, calibration error {r.calibration_error:.4f}",
+            f"  forecast      {r.predicted_positives:,.1f} expected positives on validation "
+            f"(actual {r.validation_positives:,})"]
+        if r.candidates:
+            lines.append("  candidates    " + ", ".join(
+                f"{k} AUC {v:.4f}" for k, v in sorted(r.candidates.items())))
+    lines.append(f'  buckets       high >= {r.bucket_high:g}, medium >= {r.bucket_medium:g}')
+    lines.append(f"  features      {len(r.features)}")
+    lines += [f"    {i + 1:>3}. {f}" for i, f in enumerate(r.features)]
+    if not r.curve:
+        lines.append('\nno validation curve (a user-supplied model): use score() or bucket()')
+        return "\n".join(lines)
+    lines += ["", f"  {'precision':>10}  {'threshold':>9}  {'achieved':>8}  {'recall':>6}  "
+              f"{'users':>8}"]
+    for level, p in _curve_rows(r):
+        if p is None:
+            lines.append(f"  {'>= ' + format(level, 'g'):>10}  {'unreachable':>9}")
+        else:
+            lines.append(f"  {'>= ' + format(level, 'g'):>10}  {p.threshold:9.4f}  "
+                         f"{p.precision:8.3f}  {p.recall:6.3f}  {p.size:8,}")
+    return "\n".join(lines)
+
+
+def _models_table(reports) -> str:
+    if not reports:
+        return "no models"
+    head = f"{'name':<24} {'version':>7} {'algorithm':<9} {'auc':>6} {'rows':>10}  trained"
+    rows = [f"{r.name:<24} {r.version:>7} {r.algorithm:<9} {r.auc:6.3f} {r.rows:>10,}  "
+            f"{_utc(r.trained_ms)}" for r in reports]
+    return "\n".join([head, *rows])
+
+
 def _run_operator(args) -> int:
     if args.command == "segment":
         return _run_segment(args)
+    if args.command == "model":
+        return _run_model(args)
     if args.command == "watch":
         return _run_watch(args)
     with _client(args) as c:

@@ -7,9 +7,10 @@
 ...     for delta in c.subscribe(["browsers"]):    # resumes by itself after a reconnect
 ...         print(delta.sequence, delta.kind, delta.user_id)
 
-Results are the embedded engine's types (``IngestResult``, ``SegmentInfo``, ``Delta``) and
-errors its exceptions (``ExpressionError``, ``SegmentExists``, ``UnknownSegment``,
-``ClockError``, ``SequenceTooOld``), so code written against ``Engine`` runs against a server.
+Results are the embedded engine's types (``IngestResult``, ``SegmentInfo``, ``Delta``,
+``scoring.ModelReport``) and errors its exceptions (``ExpressionError``, ``SegmentExists``,
+``UnknownSegment``, ``ClockError``, ``SequenceTooOld``, ``ModelError``, ``UnknownModel``,
+``ModelInUse``), so code written against ``Engine`` runs against a server.
 """
 
 from __future__ import annotations
@@ -278,7 +279,8 @@ class Client:
     # ------------------------------------------------------------------ users
 
     def get_user(self, user_id: str) -> dict:
-        """``{"user_id", "known", "segments", "traits"}`` (and ``"scores"`` when scored)."""
+        """``{"user_id", "known", "segments", "traits", "scores"}`` as ``Engine.get_user``
+        (``scores``: model name -> probability)."""
         v = self._call("GetUser", pb.UserRef(user_id=user_id))
         return _view(v)
 
@@ -287,6 +289,54 @@ class Client:
 
     def delete_user(self, user_id: str) -> dict:
         return _view(self._call("DeleteUser", pb.UserRef(user_id=user_id)))
+
+    # ------------------------------------------------------------------ models
+
+    def train_model(self, spec=None, *, progress=None, timeout_s: float | None = None,
+                    **fields):
+        """Train a model on the server's history and deploy it (as ``Engine.train_model``)
+        -> ``scoring.ModelReport``. ``spec`` is a ``scoring.ModelSpec`` or its fields as
+        keywords (``horizon``/``lookback`` also as durations such as ``"7d"``).
+        ``progress(phase)`` is called as each phase starts (features, fit, calibration,
+        export, deploy)."""
+        from engine._engine import model_spec
+
+        msg = codec.spec_to_pb(model_spec(spec, fields))
+        if progress is None:
+            return codec.report_from_pb(self._call("TrainModel", msg, timeout_s))
+        try:
+            for p in self._stub.TrainModelStream(msg, metadata=self._metadata,
+                                                 timeout=timeout_s or self.timeout_s):
+                if p.HasField("report"):
+                    return codec.report_from_pb(p.report)
+                progress(p.phase)
+        except grpc.RpcError as err:
+            raise engine_error_from_rpc(err) from None
+        raise RuntimeError("TrainModelStream ended without a report")
+
+    def deploy_model(self, name: str, onnx: bytes, features) -> Any:
+        """Deploy a user's own ONNX model with its feature expressions -> ModelReport."""
+        if isinstance(features, str):
+            features = [features]
+        return codec.report_from_pb(self._call("DeployModel", pb.DeployModelRequest(
+            name=name, onnx=bytes(onnx), features=list(features or ()))))
+
+    def get_model(self, name: str) -> Any:
+        return codec.report_from_pb(self._call("GetModel", pb.ModelRef(name=name)))
+
+    def list_models(self) -> list:
+        return [codec.report_from_pb(m)
+                for m in self._call("ListModels", pb.ListModelsRequest()).models]
+
+    def delete_model(self, name: str) -> Any:
+        """Forget a model and its versions (ModelInUse while a segment uses it)."""
+        return codec.report_from_pb(self._call("DeleteModel", pb.ModelRef(name=name)))
+
+    def rescore(self) -> int:
+        """Re-score every user now (as ``Engine.rescore``) -> number of deltas."""
+        reply = self._call("Rescore", pb.RescoreRequest())
+        self._last_now_ms = max(self._last_now_ms, int(reply.now_ms))
+        return int(reply.deltas)
 
     # ------------------------------------------------------------------ clock, stats, scale
 
@@ -443,12 +493,10 @@ def _take(col, idx: np.ndarray):
 
 
 def _view(v: "pb.UserView") -> dict:
-    """The embedded engine's user view (``scores`` only when the user has some)."""
-    out = {"user_id": v.user_id, "known": v.known, "segments": list(v.segments),
-           "traits": {k: codec.value_from_pb(x) for k, x in v.traits.items()}}
-    if v.scores:
-        out["scores"] = dict(v.scores)
-    return out
+    """The embedded engine's user view."""
+    return {"user_id": v.user_id, "known": v.known, "segments": list(v.segments),
+            "traits": {k: codec.value_from_pb(x) for k, x in v.traits.items()},
+            "scores": dict(v.scores)}
 
 
 def _to_dict(msg) -> dict:

@@ -17,12 +17,22 @@ from engine.errors import ConfigError
 ENV_PREFIX = "RTSEG_"
 
 
-
 def parse_duration_ms(text: str | int) -> int:
     """``"30d"`` -> 2592000000 (the engine's own duration rules)."""
     from engine._units import parse_duration_ms as parse
 
     return parse(text, "retention")
+
+
+def parse_interval_ms(text: str | int, what: str) -> int:
+    """A schedule's period: a duration (``1h``, ``24h``), or ``0``/``off`` to disable it."""
+    if isinstance(text, str) and text.strip().lower() in ("0", "off", "none", "never"):
+        return 0
+    if text == 0 and not isinstance(text, bool):
+        return 0
+    from engine._units import parse_duration_ms as parse
+
+    return parse(text, what)
 
 
 def _clock(text: str) -> str:
@@ -109,6 +119,12 @@ OPTIONS: tuple[_Option, ...] = (
             "object store of the embedded local Ray, in MB", "MB"),
     _Option("max_events_per_type", "--max-events-per-type", _positive_int, 4096,
             "events kept per user and event type (at most 4096)", "N"),
+    _Option("rescore_interval", "--rescore-interval", str, "1h",
+            "re-score every user with every model this often, as time moves recency "
+            "features (0: never)", "DURATION"),
+    _Option("retrain_interval", "--retrain-interval", str, "24h",
+            "train every model made by TrainModel again this long after its last training: a "
+            "new version (0: never)", "DURATION"),
     _Option("allow_reset", "--allow-reset", _bool, False,
             "accept the Reset RPC, which forgets everything (for tests only)"),
 )
@@ -134,11 +150,15 @@ class ServerConfig:
     delta_log_size: int = 1_000_000
     object_store_mb: int = 256
     max_events_per_type: int = 4096
+    rescore_interval: str = "1h"
+    retrain_interval: str = "24h"
     allow_reset: bool = False
 
     def __post_init__(self) -> None:
         _clock(self.clock)
         parse_duration_ms(self.retention)
+        parse_interval_ms(self.rescore_interval, "--rescore-interval")
+        parse_interval_ms(self.retrain_interval, "--retrain-interval")
         if self.shards is not None and self.shards < 1:
             raise ConfigError(f"shards must be at least 1: {self.shards}")
         if not 1 <= self.max_events_per_type <= 4096:
@@ -149,6 +169,16 @@ class ServerConfig:
     @property
     def retention_ms(self) -> int:
         return parse_duration_ms(self.retention)
+
+    @property
+    def rescore_interval_ms(self) -> int:
+        """0: no scheduled re-scoring."""
+        return parse_interval_ms(self.rescore_interval, "--rescore-interval")
+
+    @property
+    def retrain_interval_ms(self) -> int:
+        """0: no scheduled retraining."""
+        return parse_interval_ms(self.retrain_interval, "--retrain-interval")
 
     @property
     def shard_count(self) -> int:

@@ -12,23 +12,21 @@ registry. The engine calls this package; the kernels know nothing of it.
 - ``threshold_for`` (the score threshold of a precision level).
 """
 
-from scoring.features import FeatureTransform, default_features
-from scoring.registry import ModelRegistry, ModelVersion
-from scoring.runtime import ModelRuntime
-from scoring.spec import CurvePoint, Deployment, ModelReport, ModelSpec, threshold_for
-from scoring.training import train, user_model
+import importlib
 
-__all__ = [
-    "CurvePoint",
-    "Deployment",
-    "FeatureTransform",
-    "ModelRegistry",
-    "ModelReport",
-    "ModelRuntime",
-    "ModelSpec",
-    "ModelVersion",
-    "default_features",
-    "threshold_for",
-    "train",
-    "user_model",
-]
+# Names -> the module that defines them. Imported on first use: scoring.spec alone (what a
+# client needs) must not pay for scikit-learn and onnxruntime.
+_HOME = {
+    "CurvePoint": "spec", "Deployment": "spec", "ModelReport": "spec", "ModelSpec": "spec",
+    "threshold_for": "spec", "FeatureTransform": "features", "default_features": "features",
+    "ModelRegistry": "registry", "ModelVersion": "registry", "ModelRuntime": "runtime",
+    "train": "training", "user_model": "training",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'scoring' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"scoring.{home}"), name)

@@ -18,12 +18,15 @@ from typing import Any
 STEP_EVENTS = 1     # payload: EventColumns
 STEP_TRAITS = 2     # payload: TraitColumns
 STEP_ADVANCE = 3    # payload: None
+STEP_RESCORE = 4    # payload: None; every user re-scored with every model (cause TIME)
 
 # ShardCore methods that the gateway may call through ``call``/``calls``.
 _CALLABLE = frozenset({
     "create_segment", "replace_segment", "delete_segment", "preview", "members",
     "segment_size", "user_view", "delete_user", "stats", "memory", "export_slots",
     "import_state", "drop_slots", "advance", "next_due_ms",
+    "schema_summary", "training_data", "feature_values", "deploy_model", "rescore",
+    "drop_model",
 })
 
 NO_TIMER_MS = 2**63 - 1
@@ -72,6 +75,8 @@ class ShardHost:
                 out.append(core.apply_traits(payload, now_ms))
             elif kind == STEP_ADVANCE:
                 out.append(core.advance(now_ms))
+            elif kind == STEP_RESCORE:
+                out.append(core.rescore(now_ms))
             else:
                 raise ValueError(f"unknown step kind {kind}")
         self._apply_ms.append((time.perf_counter() - t0) * 1000.0)
@@ -105,6 +110,20 @@ class ShardHost:
                                   retention_ms=30 * day, clock="event")
         core.apply_traits(tcols, t0 + 1)
         core.advance(t0 + 2 * day)
+        # the model kernels: feature values one row at a time and on every core, and the
+        # training population (loaded here, not in the middle of a TrainModel)
+        import numpy as np
+
+        from engine.kernels import _eval as KE
+
+        plan = core._value_plan(["count(a, 1d)", "since(a)"])
+        rows = core._known_rows()
+        core._values_of(plan, rows, t0 + 1)
+        KE._values(rows, plan.seg_tab, plan.prog, plan.consts, plan.leaves, plan.steps, plan.fprog,
+                   core.arena, core.width, core.h, core.traits, core.member, t0 + 1, core.retention_ms,
+                   core.max_per, np.empty((len(rows), 2)))
+        KE._seen_by(core.nrows, len(core.type_names), core.arena, core.width, core.h, core.known,
+                    t0 - day, t0, np.zeros(core.nrows, np.bool_))
 
     def call(self, method: str, *args: Any) -> Any:
         if method not in _CALLABLE:

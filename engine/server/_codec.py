@@ -365,3 +365,62 @@ def event_dict_to_pb(ev: Mapping[str, Any], out: "pb.Event") -> None:
         if v is None:
             continue
         value_to_pb(v, out.properties[name])
+
+
+# ----------------------------------------------------------------------------- models
+
+_SPEC_FIELDS = ("name", "target", "horizon_ms", "lookback_ms", "churn", "algorithm",
+                "target_segment", "seed")
+_REPORT_SCALARS = ("name", "version", "auc", "base_rate", "rows", "positives", "trained_ms",
+                   "cutoff_ms", "algorithm", "calibration_error", "validation_rows",
+                   "validation_positives", "predicted_positives", "target", "target_segment",
+                   "horizon_ms", "lookback_ms", "churn", "bucket_high", "bucket_medium")
+
+
+def spec_to_pb(spec) -> "pb.ModelSpec":
+    """``scoring.spec.ModelSpec`` -> ModelSpec (bucket cut-offs always sent)."""
+    msg = pb.ModelSpec(features=list(spec.features), bucket_high=float(spec.bucket_high),
+                       bucket_medium=float(spec.bucket_medium),
+                       **{f: getattr(spec, f) for f in _SPEC_FIELDS})
+    return msg
+
+
+def spec_from_pb(msg: "pb.ModelSpec"):
+    """ModelSpec -> ``scoring.spec.ModelSpec`` (unset cut-offs: the spec's defaults; an empty
+    algorithm: "auto"). Field validation is ``ModelSpec.resolved``'s."""
+    from scoring.spec import ModelSpec
+
+    kw: dict[str, Any] = {f: getattr(msg, f) for f in _SPEC_FIELDS}
+    kw["algorithm"] = msg.algorithm or "auto"
+    kw["features"] = tuple(msg.features)
+    for f in ("bucket_high", "bucket_medium"):
+        if msg.HasField(f):
+            kw[f] = getattr(msg, f)
+    return ModelSpec(**kw)
+
+
+def report_to_pb(report, out: "pb.ModelReport | None" = None) -> "pb.ModelReport":
+    """``scoring.spec.ModelReport`` -> ModelReport."""
+    out = pb.ModelReport() if out is None else out
+    for f in _REPORT_SCALARS:
+        v = getattr(report, f)
+        setattr(out, f, v.item() if isinstance(v, np.generic) else v)
+    out.features.extend(report.features)
+    for p in report.curve:
+        out.curve.add(threshold=p.threshold, precision=p.precision, recall=p.recall,
+                      size=int(p.size))
+    for k, v in dict(report.candidates or {}).items():
+        out.candidates[k] = float(v)
+    return out
+
+
+def report_from_pb(msg: "pb.ModelReport"):
+    """ModelReport -> ``scoring.spec.ModelReport`` (equal to the embedded engine's)."""
+    from scoring.spec import CurvePoint, ModelReport
+
+    kw: dict[str, Any] = {f: getattr(msg, f) for f in _REPORT_SCALARS}
+    kw["features"] = tuple(msg.features)
+    kw["curve"] = tuple(CurvePoint(p.threshold, p.precision, p.recall, int(p.size))
+                        for p in msg.curve)
+    kw["candidates"] = dict(msg.candidates)
+    return ModelReport(**kw)

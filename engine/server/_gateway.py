@@ -15,6 +15,9 @@ behaves exactly like the embedded ``Engine`` applying the same operations one af
   actor in submission order); deltas are sequenced strictly in operation order.
 * **Barriers.** Segment changes, reads, user deletion and slot moves wait for the rounds in
   flight, then run alone.
+* **Models.** Training, deployment and the schedules are in ``_models.ModelService``
+  (``self.models``); an operation that makes a re-scoring due gets a re-score step on every
+  shard right after it, as the embedded engine re-scores right after that operation.
 * **Flushing.** A round leaves as soon as the shards can take it; while a previous round is
   still in flight it waits at most ``flush_interval_us`` for more operations, or until
   ``flush_events`` events are waiting.
@@ -34,7 +37,7 @@ import numpy as np
 from engine.config import ServerConfig
 from engine.errors import ClockError, SequenceTooOld
 from engine.server import _core_api as core_api
-from engine.server._actor import STEP_ADVANCE, STEP_EVENTS, STEP_TRAITS
+from engine.server._actor import STEP_ADVANCE, STEP_EVENTS, STEP_RESCORE, STEP_TRAITS
 from engine.server._metrics import LatencyWindow, RateMeter
 
 log = logging.getLogger("rtseg.gateway")
@@ -86,7 +89,7 @@ class _Round:
     ops: list[_Op]
     results: list[Any]                          # per op: IngestResult (or None)
     shard_steps: list[list[tuple[int, Any, int]]]   # per shard: steps
-    step_owner: list[list[int]]                 # per shard: op index of each step
+    step_owner: list[list[int]]                 # per shard: 2 * op index (+1: its re-score)
     now_after: list[int]                        # per op
 
 
@@ -97,19 +100,22 @@ class Gateway:
                  actor_factory: Callable[[int, dict], Any] | None = None):
         from engine._deltas import DeltaLog
         from engine._segments import SegmentRegistry
+        from engine.server._models import ModelService
 
         self.config = config
         self.clock = config.clock
         self.retention_ms = config.retention_ms
         self.max_events_per_type = config.max_events_per_type
         self._epoch = 0                          # bumped by reset(): old subscriptions end
-        self.registry = SegmentRegistry(retention_ms=self.retention_ms)
         self.log = DeltaLog(capacity=config.delta_log_size)
         self._actor_factory = actor_factory
         self.shards: list[Any] = []             # actor handles, index = shard number
         self.shard_info: list[dict] = []
         self.slot_map = np.zeros(N_SLOTS, np.int32)   # slot -> shard index
         self.now_ms = 0 if self.clock == "event" else wall_ms()
+        self.models = ModelService(self)         # the catalog: versions in DATA_DIR/models
+        self.registry = SegmentRegistry(retention_ms=self.retention_ms,
+                                        models=self.models.catalog)
         self._next_due_ms: list[int] = []        # per shard, from its last round
         self._queue: collections.deque[_Op] = collections.deque()
         self._queue_event = asyncio.Event()
@@ -150,9 +156,12 @@ class Gateway:
         self.slot_map = (np.arange(N_SLOTS, dtype=np.int64) * shards // N_SLOTS).astype(np.int32)
         self._tasks.append(asyncio.ensure_future(self._dispatch_loop()))
         self._tasks.append(asyncio.ensure_future(self._tick_loop()))
+        await self.models.start()
+        self._tasks.append(asyncio.ensure_future(self.models.schedule_loop()))
 
     async def stop(self) -> None:
         self._closed = True
+        self.models.stop()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -301,6 +310,7 @@ class Gateway:
             view, batch = await shard.calls.remote([("user_view", (user_id,)),
                                                     ("delete_user", (user_id, now))])
             await self._append_deltas([batch])
+            await self.models.rescore_if_due()
             return core_api.normalise_view(view)
         return await self._barrier(run)
 
@@ -395,7 +405,8 @@ class Gateway:
 
     async def reset(self, clock: str | None = None, retention_ms: int | None = None,
                     max_events_per_type: int | None = None) -> int:
-        """Forget every user, segment and delta; keep the shard actors. -> the new now_ms."""
+        """Forget every user, segment, model and delta; keep the shard actors. -> the new
+        now_ms."""
         from engine._deltas import DeltaLog
         from engine._segments import SegmentRegistry
         from engine.errors import EngineError
@@ -413,9 +424,11 @@ class Gateway:
             self.max_events_per_type = int(max_events_per_type or self.max_events_per_type)
             kwargs = core_api.core_kwargs(self)
             await asyncio.gather(*[s.reset.remote(kwargs) for s in self.shards])
-            self.registry = SegmentRegistry(retention_ms=self.retention_ms)
+            self.registry = SegmentRegistry(retention_ms=self.retention_ms,
+                                            models=self.models.catalog)
             self.log = DeltaLog(capacity=self.config.delta_log_size)
             self.now_ms = 0 if self.clock == "event" else wall_ms()
+            self.models.reset()
             n = len(self.shards)
             self.slot_map = (np.arange(N_SLOTS, dtype=np.int64) * n // N_SLOTS).astype(np.int32)
             self._epoch += 1
@@ -451,11 +464,13 @@ class Gateway:
                     "duration_ms": int((time.monotonic() - t0) * 1000)}
 
     async def _add_shards(self, handles: list, infos: list) -> None:
-        """Inside a barrier: give new (empty) shards every segment and the clock, then add
-        them; they own no slot until moves give them some."""
+        """Inside a barrier: give new (empty) shards every model, every segment and the
+        clock, then add them; they own no slot until moves give them some (scores travel
+        with their users as hidden traits)."""
         from engine._segments import topological_order
 
         now = self.now_ms
+        await self.models.deploy_to_new_shards(handles)
         for defn in topological_order(self.registry.all()):
             await asyncio.gather(*[h.call.remote("create_segment", defn, now) for h in handles])
         if now:
@@ -584,7 +599,8 @@ class Gateway:
                 continue            # the queued operations move the clock anyway
             now = wall_ms()
             dues = self._next_due_ms
-            if dues and all(0 <= d and d > now for d in dues):
+            if (dues and all(0 <= d and d > now for d in dues)
+                    and not self.models.rescore_pending(now)):
                 continue            # nothing due anywhere (-1: unknown, so tick)
             try:
                 await self._submit("clock", None)
@@ -607,14 +623,18 @@ class Gateway:
             except Exception as exc:  # noqa: BLE001 - fails this operation only
                 rnd.results[k] = exc
                 continue
+            rescore = self.models.rescore_due(now)
             for i in range(n_shards):
                 part = per_shard.get(i)
                 if part is not None:
                     rnd.shard_steps[i].append((step_kind, part, now))
-                    rnd.step_owner[i].append(k)
+                    rnd.step_owner[i].append(2 * k)
                 elif now > before:
                     rnd.shard_steps[i].append((STEP_ADVANCE, None, now))
-                    rnd.step_owner[i].append(k)
+                    rnd.step_owner[i].append(2 * k)
+                if rescore:
+                    rnd.shard_steps[i].append((STEP_RESCORE, None, now))
+                    rnd.step_owner[i].append(2 * k + 1)
             self.now_ms = now
             rnd.now_after[k] = now
         return rnd
@@ -669,7 +689,7 @@ class Gateway:
         if prev is not None:
             await asyncio.wait([prev])   # sequence deltas in round order
         self._in_flight.release()
-        per_op: list[list] = [[] for _ in rnd.ops]
+        per_op: list[list] = [[] for _ in range(2 * len(rnd.ops))]
         it = iter(outs)
         for i, ref in enumerate(refs):
             if ref is None:
@@ -685,7 +705,8 @@ class Gateway:
                 if not op.future.done():
                     op.future.set_exception(res)
                 continue
-            await self._append_deltas(per_op[k])
+            await self._append_deltas(per_op[2 * k])
+            await self._append_deltas(per_op[2 * k + 1])   # the re-scoring it made due
             self.events_accepted += res.accepted if op.kind == "events" else 0
             self.events_rejected += res.rejected if op.kind == "events" else 0
             if op.kind == "events":
@@ -738,6 +759,7 @@ class Gateway:
         if method != "delete_segment":
             self.registry.put(defn)
         await self._append_deltas(list(outs))
+        await self.models.rescore_if_due()
 
     async def _segment_sizes(self, names: list[str]) -> dict[str, int]:
         if not names:

@@ -10,6 +10,7 @@ import collections
 import functools
 import logging
 import math
+import time
 
 import grpc
 
@@ -223,6 +224,73 @@ class SegmentEngineServicer(pb_grpc.SegmentEngineServicer):
                 memory_bytes=int(s.get("memory_bytes", 0)), node=s.get("node", ""),
                 apply_latency=pb.Latency(**s["apply_latency"]) if "apply_latency" in s else None)
         return out
+
+    # ------------------------------------------------------------------ models
+
+    @_unary
+    async def TrainModel(self, request, context):
+        return codec.report_to_pb(await self.gw.models.train(codec.spec_from_pb(request)))
+
+    async def TrainModelStream(self, request, context):
+        """TrainModel with a message as each phase starts; the last one has the report."""
+        t0 = time.monotonic()
+        phases: asyncio.Queue = asyncio.Queue()
+        try:
+            spec = codec.spec_from_pb(request)
+        except Exception as exc:  # noqa: BLE001
+            await abort_with(context, exc)
+            return
+        task = asyncio.ensure_future(self.gw.models.train(spec, progress=phases.put_nowait))
+
+        def progress(phase: str) -> "pb.TrainProgress":
+            return pb.TrainProgress(phase=phase, elapsed_ms=int((time.monotonic() - t0) * 1000))
+
+        while not task.done():
+            getter = asyncio.ensure_future(phases.get())
+            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                yield progress(getter.result())
+            else:
+                getter.cancel()
+        while not phases.empty():
+            yield progress(phases.get_nowait())
+        try:
+            report = task.result()
+        except Exception as exc:  # noqa: BLE001
+            if _is_internal(exc):
+                log.exception("TrainModelStream failed")
+            await abort_with(context, exc)
+            return
+        out = progress("done")
+        codec.report_to_pb(report, out.report)
+        yield out
+
+    @_unary
+    async def DeployModel(self, request, context):
+        return codec.report_to_pb(await self.gw.models.deploy(
+            request.name, request.onnx, tuple(request.features)))
+
+    @_unary
+    async def GetModel(self, request, context):
+        return codec.report_to_pb(self.gw.models.get(request.name))
+
+    @_unary
+    async def ListModels(self, request, context):
+        out = pb.ModelList()
+        for report in self.gw.models.list():
+            codec.report_to_pb(report, out.models.add())
+        return out
+
+    @_unary
+    async def DeleteModel(self, request, context):
+        return codec.report_to_pb(await self.gw.models.delete(request.name))
+
+    @_unary
+    async def Rescore(self, request, context):
+        deltas, now = await self.gw.models.rescore()
+        return pb.RescoreReply(deltas=deltas, now_ms=now)
+
+    # ------------------------------------------------------------------ scaling, reset
 
     @_unary
     async def Scale(self, request, context):

@@ -256,6 +256,149 @@ class UserView(_message.Message):
     traits: _containers.MessageMap[str, Value]
     def __init__(self, user_id: _Optional[str] = ..., known: _Optional[bool] = ..., segments: _Optional[_Iterable[str]] = ..., scores: _Optional[_Mapping[str, float]] = ..., traits: _Optional[_Mapping[str, Value]] = ...) -> None: ...
 
+class ModelSpec(_message.Message):
+    __slots__ = ("name", "target", "horizon_ms", "lookback_ms", "churn", "features", "algorithm", "target_segment", "bucket_high", "bucket_medium", "seed")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    HORIZON_MS_FIELD_NUMBER: _ClassVar[int]
+    LOOKBACK_MS_FIELD_NUMBER: _ClassVar[int]
+    CHURN_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    TARGET_SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_HIGH_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_MEDIUM_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    target: str
+    horizon_ms: int
+    lookback_ms: int
+    churn: bool
+    features: _containers.RepeatedScalarFieldContainer[str]
+    algorithm: str
+    target_segment: str
+    bucket_high: float
+    bucket_medium: float
+    seed: int
+    def __init__(self, name: _Optional[str] = ..., target: _Optional[str] = ..., horizon_ms: _Optional[int] = ..., lookback_ms: _Optional[int] = ..., churn: _Optional[bool] = ..., features: _Optional[_Iterable[str]] = ..., algorithm: _Optional[str] = ..., target_segment: _Optional[str] = ..., bucket_high: _Optional[float] = ..., bucket_medium: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class CurvePoint(_message.Message):
+    __slots__ = ("threshold", "precision", "recall", "size")
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    RECALL_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    threshold: float
+    precision: float
+    recall: float
+    size: int
+    def __init__(self, threshold: _Optional[float] = ..., precision: _Optional[float] = ..., recall: _Optional[float] = ..., size: _Optional[int] = ...) -> None: ...
+
+class ModelReport(_message.Message):
+    __slots__ = ("name", "version", "auc", "base_rate", "rows", "positives", "curve", "features", "trained_ms", "cutoff_ms", "algorithm", "calibration_error", "validation_rows", "validation_positives", "predicted_positives", "target", "target_segment", "horizon_ms", "lookback_ms", "churn", "bucket_high", "bucket_medium", "candidates")
+    class CandidatesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    AUC_FIELD_NUMBER: _ClassVar[int]
+    BASE_RATE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    POSITIVES_FIELD_NUMBER: _ClassVar[int]
+    CURVE_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    TRAINED_MS_FIELD_NUMBER: _ClassVar[int]
+    CUTOFF_MS_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_ERROR_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_ROWS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_POSITIVES_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_POSITIVES_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    TARGET_SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    HORIZON_MS_FIELD_NUMBER: _ClassVar[int]
+    LOOKBACK_MS_FIELD_NUMBER: _ClassVar[int]
+    CHURN_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_HIGH_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_MEDIUM_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    auc: float
+    base_rate: float
+    rows: int
+    positives: int
+    curve: _containers.RepeatedCompositeFieldContainer[CurvePoint]
+    features: _containers.RepeatedScalarFieldContainer[str]
+    trained_ms: int
+    cutoff_ms: int
+    algorithm: str
+    calibration_error: float
+    validation_rows: int
+    validation_positives: int
+    predicted_positives: float
+    target: str
+    target_segment: str
+    horizon_ms: int
+    lookback_ms: int
+    churn: bool
+    bucket_high: float
+    bucket_medium: float
+    candidates: _containers.ScalarMap[str, float]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., auc: _Optional[float] = ..., base_rate: _Optional[float] = ..., rows: _Optional[int] = ..., positives: _Optional[int] = ..., curve: _Optional[_Iterable[_Union[CurvePoint, _Mapping]]] = ..., features: _Optional[_Iterable[str]] = ..., trained_ms: _Optional[int] = ..., cutoff_ms: _Optional[int] = ..., algorithm: _Optional[str] = ..., calibration_error: _Optional[float] = ..., validation_rows: _Optional[int] = ..., validation_positives: _Optional[int] = ..., predicted_positives: _Optional[float] = ..., target: _Optional[str] = ..., target_segment: _Optional[str] = ..., horizon_ms: _Optional[int] = ..., lookback_ms: _Optional[int] = ..., churn: _Optional[bool] = ..., bucket_high: _Optional[float] = ..., bucket_medium: _Optional[float] = ..., candidates: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class ModelRef(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeployModelRequest(_message.Message):
+    __slots__ = ("name", "onnx", "features")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ONNX_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    onnx: bytes
+    features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., onnx: _Optional[bytes] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelList(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelReport]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelReport, _Mapping]]] = ...) -> None: ...
+
+class TrainProgress(_message.Message):
+    __slots__ = ("phase", "report", "elapsed_ms")
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_MS_FIELD_NUMBER: _ClassVar[int]
+    phase: str
+    report: ModelReport
+    elapsed_ms: int
+    def __init__(self, phase: _Optional[str] = ..., report: _Optional[_Union[ModelReport, _Mapping]] = ..., elapsed_ms: _Optional[int] = ...) -> None: ...
+
+class RescoreRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RescoreReply(_message.Message):
+    __slots__ = ("deltas", "now_ms")
+    DELTAS_FIELD_NUMBER: _ClassVar[int]
+    NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    deltas: int
+    now_ms: int
+    def __init__(self, deltas: _Optional[int] = ..., now_ms: _Optional[int] = ...) -> None: ...
+
 class SubscribeRequest(_message.Message):
     __slots__ = ("segments", "after_sequence", "from_oldest", "retained_only")
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]

@@ -123,6 +123,41 @@ class SegmentEngineStub:
                 request_serializer=rtseg_dot_v1_dot_engine__pb2.ScaleRequest.SerializeToString,
                 response_deserializer=rtseg_dot_v1_dot_engine__pb2.ScaleReply.FromString,
                 _registered_method=True)
+        self.TrainModel = channel.unary_unary(
+                '/rtseg.v1.SegmentEngine/TrainModel',
+                request_serializer=rtseg_dot_v1_dot_engine__pb2.ModelSpec.SerializeToString,
+                response_deserializer=rtseg_dot_v1_dot_engine__pb2.ModelReport.FromString,
+                _registered_method=True)
+        self.TrainModelStream = channel.unary_stream(
+                '/rtseg.v1.SegmentEngine/TrainModelStream',
+                request_serializer=rtseg_dot_v1_dot_engine__pb2.ModelSpec.SerializeToString,
+                response_deserializer=rtseg_dot_v1_dot_engine__pb2.TrainProgress.FromString,
+                _registered_method=True)
+        self.DeployModel = channel.unary_unary(
+                '/rtseg.v1.SegmentEngine/DeployModel',
+                request_serializer=rtseg_dot_v1_dot_engine__pb2.DeployModelRequest.SerializeToString,
+                response_deserializer=rtseg_dot_v1_dot_engine__pb2.ModelReport.FromString,
+                _registered_method=True)
+        self.GetModel = channel.unary_unary(
+                '/rtseg.v1.SegmentEngine/GetModel',
+                request_serializer=rtseg_dot_v1_dot_engine__pb2.ModelRef.SerializeToString,
+                response_deserializer=rtseg_dot_v1_dot_engine__pb2.ModelReport.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/rtseg.v1.SegmentEngine/ListModels',
+                request_serializer=rtseg_dot_v1_dot_engine__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=rtseg_dot_v1_dot_engine__pb2.ModelList.FromString,
+                _registered_method=True)
+        self.DeleteModel = channel.unary_unary(
+                '/rtseg.v1.SegmentEngine/DeleteModel',
+                request_serializer=rtseg_dot_v1_dot_engine__pb2.ModelRef.SerializeToString,
+                response_deserializer=rtseg_dot_v1_dot_engine__pb2.ModelReport.FromString,
+                _registered_method=True)
+        self.Rescore = channel.unary_unary(
+                '/rtseg.v1.SegmentEngine/Rescore',
+                request_serializer=rtseg_dot_v1_dot_engine__pb2.RescoreRequest.SerializeToString,
+                response_deserializer=rtseg_dot_v1_dot_engine__pb2.RescoreReply.FromString,
+                _registered_method=True)
         self.Reset = channel.unary_unary(
                 '/rtseg.v1.SegmentEngine/Reset',
                 request_serializer=rtseg_dot_v1_dot_engine__pb2.ResetRequest.SerializeToString,
@@ -241,6 +276,54 @@ class SegmentEngineServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TrainModel(self, request, context):
+        """Predictive models (issue 8). TrainModel gathers features from every shard as of
+        now - horizon, trains off the gateway's event loop, then deploys the new version to every
+        shard (MODEL_UPDATED deltas). INVALID_ARGUMENT names the field or mismatch.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TrainModelStream(self, request, context):
+        """TrainModel with progress: one message per phase, the last one carries the report.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeployModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteModel(self, request, context):
+        """FAILED_PRECONDITION while a segment uses the model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rescore(self, request, context):
+        """Re-score every user with every model now (the --rescore-interval schedule does this).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Reset(self, request, context):
         """Start from empty (tests; FAILED_PRECONDITION unless the server runs with --allow-reset).
         """
@@ -335,6 +418,41 @@ def add_SegmentEngineServicer_to_server(servicer, server):
                     servicer.Scale,
                     request_deserializer=rtseg_dot_v1_dot_engine__pb2.ScaleRequest.FromString,
                     response_serializer=rtseg_dot_v1_dot_engine__pb2.ScaleReply.SerializeToString,
+            ),
+            'TrainModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrainModel,
+                    request_deserializer=rtseg_dot_v1_dot_engine__pb2.ModelSpec.FromString,
+                    response_serializer=rtseg_dot_v1_dot_engine__pb2.ModelReport.SerializeToString,
+            ),
+            'TrainModelStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.TrainModelStream,
+                    request_deserializer=rtseg_dot_v1_dot_engine__pb2.ModelSpec.FromString,
+                    response_serializer=rtseg_dot_v1_dot_engine__pb2.TrainProgress.SerializeToString,
+            ),
+            'DeployModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeployModel,
+                    request_deserializer=rtseg_dot_v1_dot_engine__pb2.DeployModelRequest.FromString,
+                    response_serializer=rtseg_dot_v1_dot_engine__pb2.ModelReport.SerializeToString,
+            ),
+            'GetModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModel,
+                    request_deserializer=rtseg_dot_v1_dot_engine__pb2.ModelRef.FromString,
+                    response_serializer=rtseg_dot_v1_dot_engine__pb2.ModelReport.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=rtseg_dot_v1_dot_engine__pb2.ListModelsRequest.FromString,
+                    response_serializer=rtseg_dot_v1_dot_engine__pb2.ModelList.SerializeToString,
+            ),
+            'DeleteModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteModel,
+                    request_deserializer=rtseg_dot_v1_dot_engine__pb2.ModelRef.FromString,
+                    response_serializer=rtseg_dot_v1_dot_engine__pb2.ModelReport.SerializeToString,
+            ),
+            'Rescore': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rescore,
+                    request_deserializer=rtseg_dot_v1_dot_engine__pb2.RescoreRequest.FromString,
+                    response_serializer=rtseg_dot_v1_dot_engine__pb2.RescoreReply.SerializeToString,
             ),
             'Reset': grpc.unary_unary_rpc_method_handler(
                     servicer.Reset,
@@ -805,6 +923,195 @@ class SegmentEngine:
             '/rtseg.v1.SegmentEngine/Scale',
             rtseg_dot_v1_dot_engine__pb2.ScaleRequest.SerializeToString,
             rtseg_dot_v1_dot_engine__pb2.ScaleReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrainModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtseg.v1.SegmentEngine/TrainModel',
+            rtseg_dot_v1_dot_engine__pb2.ModelSpec.SerializeToString,
+            rtseg_dot_v1_dot_engine__pb2.ModelReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrainModelStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/rtseg.v1.SegmentEngine/TrainModelStream',
+            rtseg_dot_v1_dot_engine__pb2.ModelSpec.SerializeToString,
+            rtseg_dot_v1_dot_engine__pb2.TrainProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeployModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtseg.v1.SegmentEngine/DeployModel',
+            rtseg_dot_v1_dot_engine__pb2.DeployModelRequest.SerializeToString,
+            rtseg_dot_v1_dot_engine__pb2.ModelReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtseg.v1.SegmentEngine/GetModel',
+            rtseg_dot_v1_dot_engine__pb2.ModelRef.SerializeToString,
+            rtseg_dot_v1_dot_engine__pb2.ModelReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtseg.v1.SegmentEngine/ListModels',
+            rtseg_dot_v1_dot_engine__pb2.ListModelsRequest.SerializeToString,
+            rtseg_dot_v1_dot_engine__pb2.ModelList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtseg.v1.SegmentEngine/DeleteModel',
+            rtseg_dot_v1_dot_engine__pb2.ModelRef.SerializeToString,
+            rtseg_dot_v1_dot_engine__pb2.ModelReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rescore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtseg.v1.SegmentEngine/Rescore',
+            rtseg_dot_v1_dot_engine__pb2.RescoreRequest.SerializeToString,
+            rtseg_dot_v1_dot_engine__pb2.RescoreReply.FromString,
             options,
             channel_credentials,
             insecure,
