@@ -174,9 +174,11 @@ class ShardModels:
                 "user_ids": self.users.gather(rows) if with_ids else []}
 
     # ------------------------------------------------------------------ deployment
-    def deploy_model(self, dep, now_ms: int) -> DeltaBatch:
+    def deploy_model(self, dep, now_ms: int, score: bool = True) -> DeltaBatch:
         """Deploy (or replace) a model version: score every known user, then re-evaluate the
-        segments that use the model for everyone (deltas with cause MODEL_UPDATED)."""
+        segments that use the model for everyone (deltas with cause MODEL_UPDATED). With
+        ``score=False`` only the session and the plan change; ``model_update`` then scores
+        the users slice by slice (a server does so between rounds of ingestion)."""
         from scoring.features import FeatureTransform
         from scoring.runtime import ModelRuntime
 
@@ -196,9 +198,18 @@ class ShardModels:
             self._rebuild_features()
             self.plan = self._rebuild()
             raise
+        return self.model_update(dep.name, now_ms) if score else DeltaBatch()
+
+    def model_update(self, name: str, now_ms: int, part: tuple[int, int] = (0, 1)) -> DeltaBatch:
+        """Score the known users of slice ``part = (k, n)`` (id hash ``k`` mod ``n``) with the
+        deployed version of ``name`` and re-evaluate the segments using it for them
+        (MODEL_UPDATED)."""
         rows = self._known_rows()
-        self._score(rows, now_ms, only=dep.name)
-        users = {d.name for d in self.defs.values() if dep.name in d.models}
+        k, n = part
+        if n > 1:
+            rows = rows[self.users.hashes()[rows] % np.uint64(n) == np.uint64(k)]
+        self._score(rows, now_ms, only=name)
+        users = {d.name for d in self.defs.values() if name in d.models}
         if not users or not len(rows):
             return DeltaBatch()
         deps = set().union(*(self._dependents(u) for u in users)) - users

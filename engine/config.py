@@ -125,6 +125,9 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("retrain_interval", "--retrain-interval", str, "24h",
             "train every model made by TrainModel again this long after its last training: a "
             "new version (0: never)", "DURATION"),
+    _Option("model_slice_users", "--model-slice-users", _positive_int, 50_000,
+            "users per shard gathered for training, or scored by a new model version, in one "
+            "pause of ingestion (larger populations go in slices)", "N"),
     _Option("allow_reset", "--allow-reset", _bool, False,
             "accept the Reset RPC, which forgets everything (for tests only)"),
 )
@@ -152,6 +155,7 @@ class ServerConfig:
     max_events_per_type: int = 4096
     rescore_interval: str = "1h"
     retrain_interval: str = "24h"
+    model_slice_users: int = 50_000
     allow_reset: bool = False
 
     def __post_init__(self) -> None:

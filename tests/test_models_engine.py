@@ -329,7 +329,6 @@ def test_scheduled_rescore_follows_the_clock():
 
 def test_scores_move_with_their_users_between_shards():
     from engine._shard import ShardCore
-    from tests.strategies import events_to_columns  # noqa: F401 (keeps the columnar helper in use)
 
     eng = Engine(clock="event", rescore_interval=0)
     onnx, _ = tanh_logistic_onnx(1, seed=4, scale=[1.0])
@@ -367,3 +366,38 @@ def test_the_parallel_value_kernel_agrees_with_the_serial_one(monkeypatch):
     assert serial[0] == parallel[0]
     np.testing.assert_array_equal(serial[1], parallel[1])
     assert np.isnan(serial[1]).any() and np.isinf(serial[1]).any()   # null and +inf both met
+
+
+def test_a_new_version_scored_in_slices_ends_where_one_pass_does():
+    """A server scores a large population with a new version slice by slice (between rounds
+    of ingestion): the scores, members and MODEL_UPDATED deltas add up to one pass's."""
+    from engine._shard import ShardCore
+
+    onnx1, _ = tanh_logistic_onnx(2, seed=5)
+    onnx2, _ = tanh_logistic_onnx(2, seed=6)
+    feats = ["count(buy, 1d)", "count(view, 1d)"]
+    cores = []
+    for _ in range(2):
+        eng = Engine(clock="event", rescore_interval=0)
+        eng.ingest([{"user_id": f"u{i}", "type": ("buy", "view")[i % 2], "timestamp_ms": B + i}
+                    for i in range(300)])
+        eng.deploy_model("m", onnx1, feats)
+        eng.create_segment("s", 'score("m") >= 0.5')
+        eng.create_segment("t", 'segment("s") and count(buy, 1d) >= 1')
+        cores.append(eng)
+    whole, sliced = cores
+    whole.deploy_model("m", onnx2, feats)
+    core: ShardCore = sliced._core
+    dep = whole._models.deployment("m")
+    sliced._models.add(whole._models.registry.latest("m"))
+    core.deploy_model(dep, sliced.now_ms, score=False)
+    for k in range(3):
+        sliced._emit(core.model_update("m", sliced.now_ms, (k, 3)))
+    for name in ("s", "t"):
+        assert sliced.members(name) == whole.members(name)
+    key = lambda d: (d.segment, d.user_id, d.kind, d.cause)  # noqa: E731
+    w = sorted(map(key, whole.deltas()))
+    s = sorted(map(key, sliced.deltas()))
+    assert s == w and any(d[3] == "MODEL_UPDATED" for d in w)
+    for u in ("u0", "u1", "u150"):
+        assert sliced.get_user(u)["scores"] == whole.get_user(u)["scores"]

@@ -92,7 +92,7 @@ class Servers:
         self.data_dir = tmp_path_factory.mktemp("models-data")
         self._tmp = tmp_path_factory
         self.args = ("--shards", "3", "--clock", "event", "--data-dir", str(self.data_dir),
-                     "--retrain-interval", "3d")
+                     "--retrain-interval", "3d", "--model-slice-users", "60")  # slices, as at scale
         self.proc = self._start()
         self.client = Client(self.proc.target, timeout_s=120)
         self.eng = Engine(clock="event")

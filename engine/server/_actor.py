@@ -26,7 +26,7 @@ _CALLABLE = frozenset({
     "segment_size", "user_view", "delete_user", "stats", "memory", "export_slots",
     "import_state", "drop_slots", "advance", "next_due_ms",
     "schema_summary", "training_data", "feature_values", "deploy_model", "rescore",
-    "drop_model",
+    "drop_model", "model_update",
 })
 
 NO_TIMER_MS = 2**63 - 1

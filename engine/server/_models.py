@@ -33,7 +33,6 @@ log = logging.getLogger("rtseg.models")
 PHASES = ("features", "fit", "calibration", "export", "deploy")
 SCHEDULE_CHECK_S = 1.0        # how often the retraining schedule is looked at
 TRAINING_CONCURRENCY = 1      # training runs at a time (each holds its rows in memory)
-SLICE_USERS = 50_000          # users per shard per training_data call (~0.1-0.3 s of a shard)
 
 Progress = Callable[[str], None] | None
 
@@ -249,10 +248,10 @@ class ModelService:
                 if epoch != self.gw._epoch:
                     raise _engine_error("the server was reset while the model trained")
                 if scheduled and name not in self.catalog:
-                    return None          # deleted while it retrained: stay deleted
-                await self._add_and_deploy(mv)
-                return report
-            out = await self.gw._barrier(run)
+                    return None, 1       # deleted while it retrained: stay deleted
+                return report, await self._add_and_deploy(mv)
+            out, slices = await self.gw._barrier(run)
+            await self._finish_slices(name, slices)
             self._retrain_not_before.pop(name, None)
             return out
 
@@ -270,7 +269,7 @@ class ModelService:
                              gw.registry)
         version = self.catalog.next_version(plan.spec.name)
         most = max((int(s.get("users", 0)) for s in schemas), default=0)
-        slices = max(1, -(-most // SLICE_USERS))
+        slices = max(1, -(-most // self.gw.config.model_slice_users))
         return plan, version, await self._submit_slice(plan, 0, slices), slices
 
     async def _submit_slice(self, plan, k: int, slices: int) -> list:
@@ -330,18 +329,45 @@ class ModelService:
             mv = ModelVersion(name, version, None, dep, report)
 
             async def run():
-                await self._add_and_deploy(mv)
-                return report
-            return await self.gw._barrier(run)
+                return await self._add_and_deploy(mv)
+            await self._finish_slices(name, await self.gw._barrier(run))
+            return report
 
-    async def _add_and_deploy(self, mv) -> None:
-        """Inside a barrier: save the version, deploy it on every shard, append its deltas."""
+    async def _add_and_deploy(self, mv) -> int:
+        """Inside a barrier: save the version, deploy it on every shard, append its deltas.
+        A large population is scored in slices: here only the first; -> the number of
+        slices (``_update_slice`` does the others, one barrier each)."""
         gw = self.gw
         now = gw._now_for()
         await gw._move_clock_barrier(now)
         self.catalog.add(mv)   # on the loop: readers of the catalog never see it half-made
-        await self._deploy_to(gw.shards, [mv.deployment], now, append=True)
+        most = max((int(st.get("users", 0)) for st in
+                    await asyncio.gather(*[s.call.remote("schema_summary") for s in gw.shards])),
+                   default=0)
+        slices = max(1, -(-most // self.gw.config.model_slice_users))
+        if slices == 1:
+            await self._deploy_to(gw.shards, [mv.deployment], now, append=True)
+        else:
+            arg = self._shared(mv.deployment)
+            await asyncio.gather(*[s.call.remote("deploy_model", arg, now, False) for s in gw.shards])
+            await self._update_slice(mv.name, 0, slices)
         await self.rescore_if_due()
+        return slices
+
+    async def _update_slice(self, name: str, k: int, slices: int) -> None:
+        """Inside a barrier: slice ``k`` of every shard's users scored by the new version."""
+        gw = self.gw
+        now = gw._now_for()
+        await gw._move_clock_barrier(now)
+        outs = await asyncio.gather(*[s.call.remote("model_update", name, now, (k, slices))
+                                      for s in gw.shards])
+        await gw._append_deltas(list(outs))
+
+    async def _finish_slices(self, name: str, slices: int) -> None:
+        """The other slices of a new version, one barrier each: rounds of ingestion run in
+        between, so a million users are never scored in one pause."""
+        for k in range(1, slices):
+            await self.gw._barrier(lambda k=k: self._update_slice(name, k, slices))
 
     async def _deploy_to(self, shards: list, deps: list, now: int, append: bool = False) -> None:
         """Deploy each model on every given shard (in parallel over the shards)."""
