@@ -651,6 +651,22 @@ def _program(r, now, poff, plen, prog, consts, lv, ls, lnx, traits, member, vst,
 
 
 @njit(cache=True)
+def _scratch(seg_tab, max_per):
+    """Working arrays of one evaluation pass: leaf values, slopes and next changes (as many
+    as the largest program has leaves), the value/slope/time and filter stacks, and room for
+    one window's (key, index, position) triples."""
+    maxleaf = 1
+    for s in range(seg_tab.shape[0]):
+        if seg_tab[s, 3] > maxleaf:
+            maxleaf = seg_tab[s, 3]
+    return (np.empty(maxleaf, dtype=np.float64), np.empty(maxleaf, dtype=np.float64),
+            np.empty(maxleaf, dtype=np.int64), np.empty(MAX_STACK, dtype=np.float64),
+            np.empty(MAX_STACK, dtype=np.float64), np.empty(MAX_STACK, dtype=np.int64),
+            np.empty(MAX_STACK, dtype=np.float64), np.empty(max_per + 1, dtype=np.int64),
+            np.empty(max_per + 1, dtype=np.int64), np.empty(max_per + 1, dtype=np.int64))
+
+
+@njit(cache=True)
 def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
          seg_tab, dep_list, prog, consts, leaves, steps, fprog,
          arena, width, h, traits, member, timer, tblock, tblock_shift,
@@ -675,20 +691,7 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
     out_s = np.empty(cap, dtype=np.int64)
     out_k = np.empty(cap, dtype=np.int8)
     n_out = 0
-    maxleaf = 1
-    for s in range(nseg):
-        if seg_tab[s, 3] > maxleaf:
-            maxleaf = seg_tab[s, 3]
-    lv = np.empty(maxleaf, dtype=np.float64)
-    ls = np.empty(maxleaf, dtype=np.float64)
-    lnx = np.empty(maxleaf, dtype=np.int64)
-    vst = np.empty(MAX_STACK, dtype=np.float64)
-    sst = np.empty(MAX_STACK, dtype=np.float64)
-    nst = np.empty(MAX_STACK, dtype=np.int64)
-    fst = np.empty(MAX_STACK, dtype=np.float64)
-    keys = np.empty(max_per + 1, dtype=np.int64)
-    idx = np.empty(max_per + 1, dtype=np.int64)
-    mt = np.empty(max_per + 1, dtype=np.int64)
+    lv, ls, lnx, vst, sst, nst, fst, keys, idx, mt = _scratch(seg_tab, max_per)
     ntypes = h.shape[1]
     ntraits = traits.shape[1]
     nwords = member.shape[1]
@@ -798,20 +801,7 @@ def _values(rows, seg_tab, prog, consts, leaves, steps, fprog, arena, width, h, 
 def _values_chunk(rows, a, b, seg_tab, prog, consts, leaves, steps, fprog, arena, width, h, traits,
                   member, now, retention_ms, max_per, out):
     nf = seg_tab.shape[0]
-    maxleaf = 1
-    for s in range(nf):
-        if seg_tab[s, 3] > maxleaf:
-            maxleaf = seg_tab[s, 3]
-    lv = np.empty(maxleaf, dtype=np.float64)
-    ls = np.empty(maxleaf, dtype=np.float64)
-    lnx = np.empty(maxleaf, dtype=np.int64)
-    vst = np.empty(MAX_STACK, dtype=np.float64)
-    sst = np.empty(MAX_STACK, dtype=np.float64)
-    nst = np.empty(MAX_STACK, dtype=np.int64)
-    fst = np.empty(MAX_STACK, dtype=np.float64)
-    keys = np.empty(max_per + 1, dtype=np.int64)
-    idx = np.empty(max_per + 1, dtype=np.int64)
-    mt = np.empty(max_per + 1, dtype=np.int64)
+    lv, ls, lnx, vst, sst, nst, fst, keys, idx, mt = _scratch(seg_tab, max_per)
     ntypes = h.shape[1]
     for i in range(a, b):
         if i + 4 < b:
