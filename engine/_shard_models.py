@@ -230,11 +230,16 @@ class ShardModels:
         self.traits[:, self.trait_ids[SCORE_PREFIX + name]] = V.NULL
         self._rebuild_features()
 
-    def rescore(self, now_ms: int) -> DeltaBatch:
-        """Score every known user again (recency features move with time); cause TIME."""
+    def rescore(self, now_ms: int, part: tuple[int, int] = (0, 1)) -> DeltaBatch:
+        """Score every known user again (recency features move with time), or the users of
+        slice ``part = (k, n)`` (id hash ``k`` mod ``n``); cause TIME."""
         if not self.models:
             return self.advance(now_ms)
-        rows, tmask = self._score(self._known_rows(), now_ms)
+        rows = self._known_rows()
+        k, n = part
+        if n > 1:
+            rows = rows[self.users.hashes()[rows] % np.uint64(n) == np.uint64(k)]
+        rows, tmask = self._score(rows, now_ms)
         return self._evaluate(_EMPTY_I64, _EMPTY_I64, rows, tmask, now_ms, CAUSE_TIME)
 
     def _rebuild_features(self) -> None:

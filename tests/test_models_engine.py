@@ -401,3 +401,24 @@ def test_a_new_version_scored_in_slices_ends_where_one_pass_does():
     assert s == w and any(d[3] == "MODEL_UPDATED" for d in w)
     for u in ("u0", "u1", "u150"):
         assert sliced.get_user(u)["scores"] == whole.get_user(u)["scores"]
+
+
+def test_a_rescore_in_slices_ends_where_one_pass_does():
+    onnx, _ = tanh_logistic_onnx(1, seed=2, scale=[1.0])
+    engines = []
+    for _ in range(2):
+        eng = Engine(clock="event", rescore_interval=0)
+        eng.ingest([{"user_id": f"u{i}", "type": "buy", "timestamp_ms": B + i * MINUTE_MS} for i in range(200)])
+        eng.deploy_model("m", onnx, ["since(buy) / 1h"])
+        middle = eng.get_user("u100")["scores"]["m"]     # half the users on each side
+        eng.create_segment("s", f'score("m") >= {middle!r}')
+        eng.advance_clock(B + 5 * HOUR_MS)
+        engines.append(eng)
+    whole, sliced = engines
+    whole.rescore()
+    for k in range(4):
+        sliced._emit(sliced._core.rescore(sliced.now_ms, (k, 4)))
+    assert sliced.members("s") == whole.members("s")
+    key = lambda d: (d.segment, d.user_id, d.kind, d.cause)  # noqa: E731
+    assert sorted(map(key, sliced.deltas())) == sorted(map(key, whole.deltas()))
+    assert any(d.cause == "TIME" for d in whole.deltas())

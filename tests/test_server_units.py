@@ -412,12 +412,35 @@ def test_shard_host_runs_steps_and_reports_its_next_timer():
     defn = SegmentRegistry(30 * day).validate("recent", "count(v, 1h) >= 1", now_ms=T0)
     host.call("create_segment", defn, T0)
     cols, _ = prepare_events(["a"], ["v"], [T0], now_ms=T0, retention_ms=30 * day, clock="event")
-    batches, due = host.run([(STEP_EVENTS, cols, T0), (STEP_ADVANCE, None, T0 + 10)])
+    batches, due, rows = host.run([(STEP_EVENTS, cols, T0), (STEP_ADVANCE, None, T0 + 10)])
     assert [len(b) for b in batches] == [1, 0]
     assert T0 < due <= T0 + hour                     # the event leaves the window then
-    batches, due = host.run([(STEP_ADVANCE, None, T0 + hour)])
+    batches, due, rows = host.run([(STEP_ADVANCE, None, T0 + hour)])
     assert batches[0].user_ids == ["a"] and batches[0].kind.tolist() == [2]
     assert due == NO_TIMER_MS or due > T0 + hour
     with pytest.raises(AttributeError):
         host.call("__init__")
     assert host.host_stats()["events_applied"] == 1
+
+
+def test_wall_clock_rescore_in_slices_reaches_every_user():
+    """A live server re-scores a large population slice by slice (one slice per round, the
+    ticker making rounds while nothing else does): in the end every user is re-scored."""
+    from tests.test_models_engine import tanh_logistic_onnx
+
+    srv = LocalServer(clock="wall", rescore_interval="1s", model_slice_users=10)
+    try:
+        with Client(srv.target, timeout_s=60) as c:
+            now = int(time.time() * 1000)
+            users = [f"u{i}" for i in range(120)]
+            c.ingest([{"user_id": u, "type": "buy", "timestamp_ms": now - i} for i, u in enumerate(users)])
+            onnx, _ = tanh_logistic_onnx(1, seed=2, scale=[0.01])
+            c.deploy_model("m", onnx, ["since(buy) / 1s"])
+            first = {u: c.get_user(u)["scores"]["m"] for u in users}
+            deadline = time.monotonic() + 60
+            stale = set(users)
+            while stale and time.monotonic() < deadline:
+                stale = {u for u in stale if c.get_user(u)["scores"]["m"] == first[u]}
+            assert not stale, f"{len(stale)} users never re-scored"
+    finally:
+        srv.stop()

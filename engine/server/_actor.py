@@ -18,7 +18,7 @@ from typing import Any
 STEP_EVENTS = 1     # payload: EventColumns
 STEP_TRAITS = 2     # payload: TraitColumns
 STEP_ADVANCE = 3    # payload: None
-STEP_RESCORE = 4    # payload: None; every user re-scored with every model (cause TIME)
+STEP_RESCORE = 4    # payload: None (every user) or a slice (k, n); re-scored with every model (TIME)
 
 # ShardCore methods that the gateway may call through ``call``/``calls``.
 _CALLABLE = frozenset({
@@ -62,8 +62,9 @@ class ShardHost:
         return {"shard": self.shard_id, "pid": os.getpid(), "host": socket.gethostname(),
                 "node": node}
 
-    def run(self, steps: list[tuple[int, Any, int]]) -> tuple[list, int]:
-        """Apply the steps in order; -> (one DeltaBatch per step, next timer due in ms)."""
+    def run(self, steps: list[tuple[int, Any, int]]) -> tuple[list, int, int]:
+        """Apply the steps in order; -> (one DeltaBatch per step, next timer due in ms, user
+        rows: an upper bound on this shard's users, for slicing work over them)."""
         core = self.core
         out = []
         t0 = time.perf_counter()
@@ -76,13 +77,13 @@ class ShardHost:
             elif kind == STEP_ADVANCE:
                 out.append(core.advance(now_ms))
             elif kind == STEP_RESCORE:
-                out.append(core.rescore(now_ms))
+                out.append(core.rescore(now_ms, payload or (0, 1)))
             else:
                 raise ValueError(f"unknown step kind {kind}")
         self._apply_ms.append((time.perf_counter() - t0) * 1000.0)
         if len(self._apply_ms) > 4096:
             del self._apply_ms[:2048]
-        return out, self.next_due_ms()
+        return out, self.next_due_ms(), len(core.users)
 
     def next_due_ms(self) -> int:
         """Earliest time-driven change of any user of this shard (NO_TIMER_MS when none)."""

@@ -614,6 +614,7 @@ class Gateway:
         rnd = _Round(ops=ops, results=[None] * len(ops),
                      shard_steps=[[] for _ in range(n_shards)],
                      step_owner=[[] for _ in range(n_shards)], now_after=[0] * len(ops))
+        rescored = False
         for k, op in enumerate(ops):
             before = self.now_ms
             # the wall clock is read once per operation; the event clock moves with the data
@@ -623,7 +624,9 @@ class Gateway:
             except Exception as exc:  # noqa: BLE001 - fails this operation only
                 rnd.results[k] = exc
                 continue
-            rescore = self.models.rescore_due(now)
+            # at most one slice of a re-scoring per round: rounds of ingestion in between
+            rescore = None if rescored else self.models.next_rescore_part(now)
+            rescored = rescored or rescore is not None
             for i in range(n_shards):
                 part = per_shard.get(i)
                 if part is not None:
@@ -632,8 +635,8 @@ class Gateway:
                 elif now > before:
                     rnd.shard_steps[i].append((STEP_ADVANCE, None, now))
                     rnd.step_owner[i].append(2 * k)
-                if rescore:
-                    rnd.shard_steps[i].append((STEP_RESCORE, None, now))
+                if rescore is not None:
+                    rnd.shard_steps[i].append((STEP_RESCORE, rescore, now))
                     rnd.step_owner[i].append(2 * k + 1)
             self.now_ms = now
             rnd.now_after[k] = now
@@ -694,7 +697,8 @@ class Gateway:
         for i, ref in enumerate(refs):
             if ref is None:
                 continue
-            batches, next_due = next(it)
+            batches, next_due, users = next(it)
+            self.models.note_users(users)
             if i < len(self._next_due_ms):
                 self._next_due_ms[i] = next_due
             for owner, batch in zip(rnd.step_owner[i], batches):

@@ -108,6 +108,8 @@ class ModelService:
         self.rescore_interval_ms = gateway.config.rescore_interval_ms
         self.retrain_interval_ms = gateway.config.retrain_interval_ms
         self.last_rescore_ms = gateway.now_ms
+        self.users_hint = 0                             # most user rows any shard reported
+        self._rescore_parts: collections.deque = collections.deque()   # slices still to do
         self._name_locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self._training = asyncio.Semaphore(TRAINING_CONCURRENCY)
         self._retraining: set[str] = set()
@@ -169,29 +171,42 @@ class ModelService:
         for report in self.catalog.reports():
             self.catalog.remove(report.name)
         self._retrain_not_before.clear()
+        self._rescore_parts.clear()
         self.last_rescore_ms = self.gw.now_ms
 
     # ------------------------------------------------------------------ re-scoring rule
 
     def rescore_pending(self, now_ms: int) -> bool:
-        """The embedded engine's rule: models deployed and the clock an interval past the
-        last re-scoring."""
-        return bool(self.rescore_interval_ms
-                    and now_ms - self.last_rescore_ms >= self.rescore_interval_ms
-                    and self.catalog.deployments())
+        """The embedded engine's rule (models deployed and the clock an interval past the
+        last re-scoring), or slices of the last re-scoring still to do."""
+        return bool(self._rescore_parts) or bool(
+            self.rescore_interval_ms and now_ms - self.last_rescore_ms >= self.rescore_interval_ms
+            and self.catalog.deployments())
 
-    def rescore_due(self, now_ms: int) -> bool:
-        """``rescore_pending``, marking it done at ``now_ms`` (the caller re-scores)."""
-        if self.rescore_pending(now_ms):
+    def note_users(self, users: int) -> None:
+        self.users_hint = max(self.users_hint, int(users))
+
+    def next_rescore_part(self, now_ms: int):
+        """The slice ``(k, n)`` of users to re-score after an operation that leaves the clock
+        at ``now_ms``, or None. With the wall clock (a live server), a due re-scoring of a
+        large population is cut into slices of ``--model-slice-users`` per shard, one per
+        round, so that it never holds ingestion up for long. With the event clock (replays)
+        it is one step, the embedded engine's rule exactly."""
+        if not self._rescore_parts:
+            if not self.rescore_pending(now_ms):
+                return None
             self.last_rescore_ms = now_ms
-            return True
-        return False
+            n = 1 if self.gw.clock == "event" else \
+                max(1, -(-self.users_hint // self.gw.config.model_slice_users))
+            self._rescore_parts.extend((k, n) for k in range(n))
+        return self._rescore_parts.popleft()
 
     async def rescore_if_due(self) -> None:
         """Inside a barrier, after an operation that appended deltas."""
         now = self.gw.now_ms
-        if self.rescore_due(now):
-            await self._rescore_shards(now)
+        part = self.next_rescore_part(now)
+        if part is not None:
+            await self._rescore_shards(now, part)
 
     async def rescore(self) -> tuple[int, int]:
         """Re-score every user now (the Rescore RPC): -> (deltas, now_ms)."""
@@ -199,11 +214,12 @@ class ModelService:
             now = self.gw._now_for()
             await self.gw._move_clock_barrier(now)
             self.last_rescore_ms = now
+            self._rescore_parts.clear()          # everyone, now: nothing left of an earlier one
             return await self._rescore_shards(now), now
         return await self.gw._barrier(run)
 
-    async def _rescore_shards(self, now: int) -> int:
-        outs = await asyncio.gather(*[s.call.remote("rescore", now) for s in self.gw.shards])
+    async def _rescore_shards(self, now: int, part: tuple[int, int] = (0, 1)) -> int:
+        outs = await asyncio.gather(*[s.call.remote("rescore", now, part) for s in self.gw.shards])
         await self.gw._append_deltas(list(outs))
         return sum(len(o) for o in outs)
 
