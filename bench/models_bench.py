@@ -61,7 +61,6 @@ for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MK
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
-import json  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -71,6 +70,7 @@ import traceback  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from bench import emit_json  # noqa: E402
 from bench.workload import DAY_MS, SEGMENTS, Workload, WorkloadConfig  # noqa: E402
 
 RETENTION = "30d"
@@ -484,11 +484,7 @@ def main(argv=None) -> int:
         except Exception as err:  # noqa: BLE001 - the in-process figures stand
             res["grpc"] = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-3000:]}
     res["seconds"] = round(time.perf_counter() - t0, 1)
-    text = json.dumps(res, indent=2)
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+    emit_json(res, a.out)
     return 0
 
 

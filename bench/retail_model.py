@@ -58,11 +58,12 @@ import argparse
 import csv
 import functools
 import gzip
-import json
 import sys
 import time
 
 import numpy as np
+
+from bench import emit_json
 
 from bench.replay import data_path
 from bench.workload import Batch
@@ -386,11 +387,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="also write the JSON here")
     a = p.parse_args(argv)
     res = run(a.now, a.algorithm, a.retention)
-    text = json.dumps(res, indent=2)
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+    emit_json(res, a.out)
     return 0
 
 

@@ -57,6 +57,7 @@ class _Model:
     runtime: object               # scoring.runtime.ModelRuntime
     transform: object             # scoring.features.FeatureTransform
     columns: np.ndarray           # index of each of its features in the shared value plan
+    plan: Plan | None = None      # its features alone (scoring everyone with this model only)
 
     @property
     def score_trait(self) -> str:
@@ -155,11 +156,8 @@ class ShardModels:
             KE._seen_by(self.nrows, len(self.type_names), self.arena, self.width, self.h, self.known,
                         int(now_ms - self.retention_ms), int(cutoff_ms), seen)
             rows = np.flatnonzero(seen).astype(np.int64)
+        rows = self._in_slice(rows, part)
         hashes = self.users.hashes()[rows].astype(np.uint64)
-        k, n = part
-        if n > 1:
-            keep = hashes % np.uint64(n) == np.uint64(k)
-            rows, hashes = rows[keep], hashes[keep]
         if spec.target_segment:
             y = np.zeros(len(rows), np.bool_)
             if spec.target_segment in self.slots:
@@ -204,10 +202,7 @@ class ShardModels:
         """Score the known users of slice ``part = (k, n)`` (id hash ``k`` mod ``n``) with the
         deployed version of ``name`` and re-evaluate the segments using it for them
         (MODEL_UPDATED)."""
-        rows = self._known_rows()
-        k, n = part
-        if n > 1:
-            rows = rows[self.users.hashes()[rows] % np.uint64(n) == np.uint64(k)]
+        rows = self._in_slice(self._known_rows(), part)
         self._score(rows, now_ms, only=name)
         users = {d.name for d in self.defs.values() if name in d.models}
         if not users or not len(rows):
@@ -235,12 +230,15 @@ class ShardModels:
         slice ``part = (k, n)`` (id hash ``k`` mod ``n``); cause TIME."""
         if not self.models:
             return self.advance(now_ms)
-        rows = self._known_rows()
-        k, n = part
-        if n > 1:
-            rows = rows[self.users.hashes()[rows] % np.uint64(n) == np.uint64(k)]
-        rows, tmask = self._score(rows, now_ms)
+        rows, tmask = self._score(self._in_slice(self._known_rows(), part), now_ms)
         return self._evaluate(_EMPTY_I64, _EMPTY_I64, rows, tmask, now_ms, CAUSE_TIME)
+
+    def _in_slice(self, rows: np.ndarray, part: tuple[int, int]) -> np.ndarray:
+        """The rows of slice ``part = (k, n)``: users whose id hash is ``k`` mod ``n``."""
+        k, n = part
+        if n <= 1:
+            return rows
+        return rows[self.users.hashes()[rows] % np.uint64(n) == np.uint64(k)]
 
     def _rebuild_features(self) -> None:
         texts: list[str] = []
@@ -253,6 +251,7 @@ class ShardModels:
                     texts.append(f)
                 cols.append(pos[f])
             m.columns = np.array(cols, np.int64)
+            m.plan = self._value_plan(m.deployment.features)
         self._ftexts = texts
         self._fplan = self._value_plan(texts) if texts else Plan.empty()
         ev = 0
@@ -269,12 +268,15 @@ class ShardModels:
         model. Returns (rows whose score changed, their trait bits) for re-evaluation."""
         if not self.models or not len(rows):
             return _EMPTY_I64, _EMPTY_U64
-        vals = self._values_of(self._fplan, rows, now_ms)
+        if only is None:       # every model: one pass over the features they share
+            vals = self._values_of(self._fplan, rows, now_ms)
+            inputs = [(m, vals[:, m.columns]) for m in self.models.values()]
+        else:
+            m = self.models[only]
+            inputs = [(m, self._values_of(m.plan, rows, now_ms))]
         tmask = np.zeros(len(rows), np.uint64)
-        for name, m in self.models.items():
-            if only is not None and name != only:
-                continue
-            p = np.asarray(m.runtime.predict(m.transform.apply(vals[:, m.columns])), np.float64)
+        for m, x in inputs:
+            p = np.asarray(m.runtime.predict(m.transform.apply(x)), np.float64)
             p = np.where(np.isfinite(p), p, V.NULL)    # a model that gives no number: unscored
             c = self.trait_ids[m.score_trait]
             changed = self.traits[rows, c].view(np.int64) != p.view(np.int64)

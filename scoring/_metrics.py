@@ -39,7 +39,6 @@ def calibration_error(y: np.ndarray, p: np.ndarray, bins: int = ECE_BINS) -> flo
     if len(p) == 0:
         return 0.0
     b = np.minimum((p * bins).astype(np.int64), bins - 1)
-    n = np.bincount(b, minlength=bins)
     sum_p = np.bincount(b, weights=p, minlength=bins)
     sum_y = np.bincount(b, weights=y, minlength=bins)
     return float(np.abs(sum_p - sum_y).sum() / len(p))
