@@ -165,6 +165,8 @@ def test_operator_errors(server, env):
 
 @pytest.mark.ray
 def test_examples_producer_and_consumer(server, env):
+    import queue
+    import threading
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
@@ -172,7 +174,20 @@ def test_examples_producer_and_consumer(server, env):
     consumer = subprocess.Popen([sys.executable, str(root / "examples" / "consumer.py"),
                                  "--count", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=full_env)
+    lines_q: queue.Queue = queue.Queue()
+
+    def pump():
+        for line in consumer.stdout:
+            lines_q.put(line)
+        lines_q.put(None)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
     try:
+        # the consumer's cursor must be fixed before the producer sends (it resumes from the
+        # delta log after it): wait for its "synced" line, never for a fixed time
+        first = lines_q.get(timeout=120)
+        assert first is not None and "synced" in json.loads(first), consumer.stderr.read()
         produced = subprocess.run(
             [sys.executable, str(root / "examples" / "producer.py"), "--create-segments",
              "--users", "300", "--events", "6000", "--batch", "1000", "--start-ms", str(T0)],
@@ -180,10 +195,18 @@ def test_examples_producer_and_consumer(server, env):
         assert produced.returncode == 0, produced.stderr
         last = json.loads(produced.stdout.splitlines()[-1])
         assert last["sent"] == 6000
-        out, err = consumer.communicate(timeout=120)
+        consumer.wait(timeout=120)
+        reader.join(30)
+        err = consumer.stderr.read()
     finally:
         if consumer.poll() is None:
             consumer.kill()
+    rest = []
+    while not lines_q.empty():
+        x = lines_q.get()
+        if x is not None:
+            rest.append(x)
+    out = first + "".join(rest)
     assert consumer.returncode == 0, err
     lines = [json.loads(x) for x in out.splitlines()]
     deltas = [x for x in lines if "sequence" in x]
