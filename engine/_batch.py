@@ -3,7 +3,12 @@
 ``prepare_events`` (columns), ``events_from_dicts`` (a list of event dicts) and
 ``prepare_traits`` (trait updates) turn what a user hands in into :class:`EventColumns` /
 :class:`TraitColumns` plus one :class:`Rejection` per bad row. Bad rows never raise; only a
-malformed call does (columns of different lengths, an unknown clock).
+malformed call does (columns of different lengths, an unknown clock) and a batch beyond the
+whole-batch limits (``engine.limits.LimitExceeded``).
+
+Every row is held to ``engine.limits.Limits`` (sizes, the future bound, property counts) and
+to a :class:`~engine.limits.NameBudget` (how many distinct event types, properties per type
+and traits the engine accepts). The name checks run once per distinct name, not per row.
 
 The columnar path runs no Python loop per event on clean input: typed numpy arrays, lists of
 str, lists of ints and lists of floats are checked with vectorised numpy and the string
@@ -35,6 +40,7 @@ from engine.kernels._strings import (
     split_strings_report,
     string_problem,
 )
+from engine.limits import DEFAULT_LIMITS, LimitExceeded, Limits, NameBudget, format_bytes
 
 __all__ = [
     "CLOCK_EVENT",
@@ -281,15 +287,34 @@ def _to_sequence(col):
     return list(col)
 
 
-def _string_column(name: str, col, reasons: _Reasons) -> StringColumn:
-    """A required, non-empty string column (user_id, type)."""
+def _string_column(name: str, col, reasons: _Reasons, max_bytes: int, limit: str) -> StringColumn:
+    """A required, non-empty string column (user_id, type) of at most ``max_bytes`` each."""
     sc, problems = split_strings_report(col)
     for i, p in problems:
         reasons.add(i, f"{name} {p}")
-    empty = np.flatnonzero(sc.unique_lengths() == 0)
+    lengths = sc.unique_lengths()
+    empty = np.flatnonzero(lengths == 0)
     if len(empty):  # at most one: uniques are distinct
         reasons.add_many(np.flatnonzero(sc.codes == empty[0]), lambda i: f"{name} must not be empty")
+    long = lengths > max_bytes
+    if long.any():
+        codes = sc.codes
+        reasons.add_many(
+            np.flatnonzero(long[codes]),
+            lambda i: f"{name} is {int(lengths[codes[i]])} bytes long (UTF-8); at most {max_bytes} ({limit})",
+        )
     return sc
+
+
+def _int_text(v) -> str:
+    """An int as a reason shows it: huge ones by size (``str`` of one is slow, or refused)."""
+    v = int(v)
+    return str(v) if abs(v) < 10**30 else f"of {v.bit_length()} bits"
+
+
+def _short(name: str, n: int = 40) -> str:
+    """A name as quoted in a reason, cut short: reasons must stay small."""
+    return name if len(name) <= n else name[:n] + "..."
 
 
 # --------------------------------------------------------------------------- timestamps
@@ -351,7 +376,7 @@ def _int_timestamps_slow(seq, n: int, reasons: _Reasons):
             if -_INT64_MAX <= v <= _INT64_MAX:
                 out[i] = v
             else:
-                reasons.add(i, f"timestamp_ms {v} is out of range")
+                reasons.add(i, f"timestamp_ms {_int_text(v)} is out of range")
         elif k == "float":
             v = float(v)
             if math.isnan(v):
@@ -365,7 +390,8 @@ def _int_timestamps_slow(seq, n: int, reasons: _Reasons):
     return out, missing
 
 
-def _event_timestamps(col, n, reasons: _Reasons, now_ms: int, retention_ms: int, clock: str):
+def _event_timestamps(col, n, reasons: _Reasons, now_ms: int, retention_ms: int, clock: str,
+                      limits: Limits):
     ts, missing = _int_timestamps(col, n, reasons)
     if clock == CLOCK_EVENT:
         absent = missing | (ts <= 0)
@@ -391,6 +417,10 @@ def _event_timestamps(col, n, reasons: _Reasons, now_ms: int, retention_ms: int,
                 f"({int(retention_ms)} ms) and now_ms {int(now_ms)} it must be later than {cutoff}"
             ),
         )
+    bound = limits.future_bound_ms(now_ms)
+    too_new = ~absent & (ts > bound)
+    if too_new.any():
+        reasons.add_many(np.flatnonzero(too_new), lambda i: limits.future_reason(int(ts[i]), bound))
     return ts
 
 
@@ -436,7 +466,7 @@ def _event_values_slow(seq, n: int, reasons: _Reasons) -> np.ndarray:
             try:
                 x = float(v)
             except OverflowError:
-                reasons.add(i, f"value {v} is too large for a float64")
+                reasons.add(i, f"value {_int_text(v)} is too large for a float64")
                 continue
             if math.isfinite(x):
                 out[i] = x + 0.0
@@ -475,20 +505,33 @@ class _StringSlots:
         if len(values):
             self.parts.append((key, label, positions, values))
 
-    def resolve(self, boxed: dict[str, np.ndarray], reasons: _Reasons | None, what: str):
-        """Split all values once; write STR boxes into ``boxed``; return the table column."""
+    def resolve(self, boxed: dict[str, np.ndarray], reasons: _Reasons | None, what: str,
+                max_bytes: int | None = None):
+        """Split all values once; write STR boxes into ``boxed``; return the table column.
+
+        With ``reasons``, values that are not valid strings or longer than ``max_bytes``
+        reject their rows."""
         if not self.parts:
             return StringColumn.empty()
         values = []
         for *_, vals in self.parts:
             values.extend(vals)
         col, problems = split_strings_report(values)
+        if reasons is not None and max_bytes is not None:
+            lengths = col.unique_lengths()
+            long = lengths > max_bytes
+            if long.any():
+                limit = f"at most {max_bytes} = {format_bytes(max_bytes)} (max_string_bytes)"
+                problems = list(problems) + [
+                    (j, f"value is {int(lengths[col.codes[j]])} bytes long (UTF-8); {limit}")
+                    for j in np.flatnonzero(long[col.codes]).tolist()
+                ]
         if problems and reasons is not None:
             starts = np.cumsum([0] + [len(part[3]) for part in self.parts])
             for j, p in problems:
                 k = int(np.searchsorted(starts, j, side="right")) - 1
                 _, label, pos, _ = self.parts[k]
-                reasons.add(int(pos[j - starts[k]]), f'{what} "{label}" {p}')
+                reasons.add(int(pos[j - starts[k]]), f'{what} "{_short(label)}" {p}')
         start = 0
         for key, _, pos, vals in self.parts:
             codes = col.codes[start : start + len(vals)]
@@ -559,18 +602,19 @@ def _mixed_property_column(key, name: str, seq, n: int, reasons: _Reasons, strin
                     try:
                         boxed[i] = _boxed_numbers(np.array([float(objs[i])]))[0]
                     except OverflowError:
-                        reasons.add(i, f'property "{name}" value {objs[i]} is too large for a float64')
+                        reasons.add(i, f'property "{_short(name)}" value {_int_text(objs[i])} is too large '
+                                       "for a float64")
         else:
-            reasons.add_many(idx, lambda i, t=t: _unsupported(f'property "{name}"', objs[i]))
+            reasons.add_many(idx, lambda i, t=t: _unsupported(f'property "{_short(name)}"', objs[i]))
     if spos:
         pos = np.sort(np.concatenate(spos))
         strings.add(key, name, pos, objs[pos].tolist())
     return boxed
 
 
-def _property_name_problem(name) -> str | None:
+def _property_name_problem(name, max_bytes: int) -> str | None:
     if not isinstance(name, str):
-        return f"property names must be strings, got {type(name).__name__} {name!r}"
+        return f"property names must be strings, got {type(name).__name__} {_short(repr(name))}"
     if name == "":
         return "property names must not be empty"
     if name == RESERVED_PROPERTY:
@@ -578,9 +622,12 @@ def _property_name_problem(name) -> str | None:
     if "\0" in name:
         return "property names must not contain a NUL character (\\0)"
     try:
-        name.encode("utf-8")
+        size = len(name.encode("utf-8"))
     except UnicodeEncodeError:
-        return f"property name {name!r} is not valid Unicode text"
+        return f"property name {_short(repr(name))} is not valid Unicode text"
+    if size > max_bytes:
+        return (f'property name "{_short(name)}" is {size} bytes long (UTF-8); at most {max_bytes} '
+                "(max_name_bytes)")
     return None
 
 
@@ -588,7 +635,7 @@ def _present(boxed: np.ndarray) -> np.ndarray:
     return boxed.view(np.int64) != NULL_BITS
 
 
-def _event_properties(properties, n: int, reasons: _Reasons):
+def _event_properties(properties, n: int, reasons: _Reasons, limits: Limits):
     if properties is None:
         return {}, StringColumn.empty()
     if not isinstance(properties, Mapping):
@@ -597,15 +644,121 @@ def _event_properties(properties, n: int, reasons: _Reasons):
     bad_names: list[tuple[object, str]] = []
     strings = _StringSlots()
     for name, col in properties.items():
-        problem = _property_name_problem(name)
+        problem = _property_name_problem(name, limits.max_name_bytes)
         key = name if problem is None else f"\0bad{len(bad_names)}"
         boxed[key] = _property_column(key, str(name), col, n, reasons, strings)
         if problem is not None:
             bad_names.append((key, problem))
-    prop_strings = strings.resolve(boxed, reasons, "property")
+    prop_strings = strings.resolve(boxed, reasons, "property", limits.max_string_bytes)
+    most = limits.max_properties_per_event
+    if len(boxed) > most:
+        counts = np.zeros(n, dtype=np.int64)
+        for col in boxed.values():
+            counts += _present(col)
+        reasons.add_many(
+            np.flatnonzero(counts > most),
+            lambda i: f"the event has more than {most} properties (max_properties_per_event)",
+        )
     for key, problem in bad_names:
         reasons.add_many(np.flatnonzero(_present(boxed.pop(key))), lambda i, p=problem: p)
     return boxed, prop_strings
+
+
+# --------------------------------------------------------------------------------- limits
+
+
+def _limits_of(limits: Limits | None, names: NameBudget | None) -> Limits:
+    if limits is not None:
+        if not isinstance(limits, Limits):
+            raise TypeError(f"limits must be an engine.limits.Limits, not {_builtin_type(limits).__name__}")
+        return limits
+    return names.limits if names is not None else DEFAULT_LIMITS
+
+
+def _check_batch_size(n: int, limits: Limits, what: str = "events") -> None:
+    if n > limits.max_batch_events:
+        raise LimitExceeded(
+            f"the batch has {n} {what}; at most {limits.max_batch_events} (max_batch_events): "
+            "send it in smaller batches")
+
+
+def _first_rows(codes: np.ndarray, rows: np.ndarray, n_codes: int) -> np.ndarray:
+    """int64[n_codes]: the first of ``rows`` with each code (len(codes) where none)."""
+    first = np.full(n_codes, len(codes), dtype=np.int64)
+    uniq, at = np.unique(codes[rows], return_index=True)
+    first[uniq] = rows[at]
+    return first
+
+
+def _check_names(types: StringColumn, props: dict[str, np.ndarray], reasons: _Reasons,
+                 limits: Limits, names: NameBudget | None) -> None:
+    """Reject the rows that bring event types, or properties of a type, beyond the limits;
+    record the names of the rows accepted in ``names``.
+
+    One ``bincount`` per property column and one lookup per distinct (type, property): the
+    cost does not grow with the number of events of a name. Where names compete for the last
+    places, those seen first in the batch win.
+    """
+    ok = ~reasons.bad_mask()
+    if not ok.any():
+        return
+    budget = names if names is not None else NameBudget(limits)
+    codes = types.codes
+    nu = types.n_unique
+    uniq = types.uniques()
+    used = np.bincount(codes[ok], minlength=nu) > 0
+    new_types = [c for c in np.flatnonzero(used).tolist() if not budget.has_type(uniq[c])]
+    room = max(limits.max_event_types - budget.n_types, 0)
+    if len(new_types) > room:
+        first = _first_rows(codes, np.flatnonzero(ok), nu)
+        new_types.sort(key=first.__getitem__)
+        refused = np.zeros(nu, dtype=bool)
+        refused[new_types[room:]] = True
+        rows = np.flatnonzero(ok & refused[codes])
+        most = limits.max_event_types
+        reasons.add_many(rows, lambda i: (
+            f'event type "{_short(uniq[codes[i]])}" would be one more than max_event_types '
+            f"({most} distinct event types)"))
+        ok[rows] = False
+        new_types = new_types[:room]
+    # (type code, property) pairs not yet known, in column order
+    present: dict[str, np.ndarray] = {}
+    new_pairs: dict[int, list[str]] = {}
+    for p, col in props.items():
+        m = _present(col) & ok
+        if not m.any():
+            continue
+        present[p] = m
+        for c in np.flatnonzero(np.bincount(codes[m], minlength=nu)).tolist():
+            if not budget.has_property(uniq[c], p):
+                new_pairs.setdefault(c, []).append(p)
+    most = limits.max_properties_per_type
+    for c, new in new_pairs.items():
+        room = max(most - budget.n_properties(uniq[c]), 0)
+        if len(new) <= room:
+            continue
+        of_type = codes == c
+        first = {p: int(np.argmax(present[p] & of_type)) for p in new}
+        new.sort(key=first.__getitem__)
+        for p in new[room:]:
+            rows = np.flatnonzero(present[p] & of_type & ok)
+            reasons.add_many(rows, lambda i, p=p, t=uniq[c]: (
+                f'property "{_short(p)}" of event type "{_short(t)}" would be one more than '
+                f"max_properties_per_type ({most} distinct properties of one event type)"))
+            ok[rows] = False
+        del new[room:]
+    if names is None or not (new_types or new_pairs):
+        return
+    # record only what the rows finally accepted use
+    used = np.bincount(codes[ok], minlength=nu) > 0
+    names.add(types=[uniq[c] for c in new_types if used[c]])
+    by_prop: dict[str, list[int]] = {}
+    for c, new in new_pairs.items():
+        for p in new:
+            by_prop.setdefault(p, []).append(c)
+    for p, cs in by_prop.items():
+        has = np.bincount(codes[present[p] & ok], minlength=nu) > 0
+        names.add(properties={uniq[c]: [p] for c in cs if has[c]})
 
 
 # ---------------------------------------------------------------------------------- events
@@ -621,6 +774,8 @@ def prepare_events(
     now_ms: int,
     retention_ms: int,
     clock: str,
+    limits: Limits | None = None,
+    names: NameBudget | None = None,
 ) -> tuple[EventColumns, list[Rejection]]:
     """Validate columns of events (``Engine.ingest_columns``): -> (accepted, rejections).
 
@@ -634,11 +789,22 @@ def prepare_events(
     per event; object columns that mix kinds are checked element by element.
 
     ``now_ms`` is the engine clock before this batch: an event with
-    ``timestamp_ms <= now_ms - retention_ms`` is too old. With the wall clock a timestamp of 0
+    ``timestamp_ms <= now_ms - retention_ms`` is too old, one after
+    ``limits.future_bound_ms(now_ms)`` too far ahead. With the wall clock a timestamp of 0
     or None means "now"; with the event clock it is required.
+
+    ``limits`` (default: ``names.limits``, else the defaults) bounds sizes and counts; an
+    event beyond one is rejected with a reason naming the limit. ``names`` is the engine's
+    record of accepted names: events that would bring a new event type, or a new property of
+    a type, beyond ``max_event_types`` / ``max_properties_per_type`` are rejected, and the
+    names of the accepted events are added to it. Without ``names`` those two limits hold
+    within this batch only. More than ``max_batch_events`` events, or more than
+    ``max_batch_cells`` events x property columns, raise ``LimitExceeded``.
     """
     clock = _check_clock(clock)
+    limits = _limits_of(limits, names)
     n = _length("user_id", user_id)
+    _check_batch_size(n, limits)
     for name, col in (("type", type), ("timestamp_ms", timestamp_ms), ("value", value)):
         if col is not None and _length(name, col) != n:
             raise ValueError(f"column {name} has {_length(name, col)} values but user_id has {n}")
@@ -647,16 +813,22 @@ def prepare_events(
     if type is None:
         raise ValueError("column type is required")
     if properties is not None and isinstance(properties, Mapping):
+        if n * len(properties) > limits.max_batch_cells:
+            raise LimitExceeded(
+                f"the batch has {n} events and {len(properties)} property columns: more than "
+                f"{limits.max_batch_cells} cells (max_batch_cells); send it in smaller batches")
         for name, col in properties.items():
-            m = _length(f'properties["{name}"]', col)
+            shown = _short(str(name))
+            m = _length(f'properties["{shown}"]', col)
             if m != n:
-                raise ValueError(f'column properties["{name}"] has {m} values but user_id has {n}')
+                raise ValueError(f'column properties["{shown}"] has {m} values but user_id has {n}')
     reasons = _Reasons(n)
-    users = _string_column("user_id", user_id, reasons)
-    types = _string_column("type", type, reasons)
-    ts = _event_timestamps(timestamp_ms, n, reasons, now_ms, retention_ms, clock)
+    users = _string_column("user_id", user_id, reasons, limits.max_id_bytes, "max_id_bytes")
+    types = _string_column("type", type, reasons, limits.max_name_bytes, "max_name_bytes")
+    ts = _event_timestamps(timestamp_ms, n, reasons, now_ms, retention_ms, clock, limits)
     values = _event_values(value, n, reasons)
-    props, prop_strings = _event_properties(properties, n, reasons)
+    props, prop_strings = _event_properties(properties, n, reasons, limits)
+    _check_names(types, props, reasons, limits, names)
     cols = EventColumns(users, types, ts, values, props, prop_strings)
     if reasons.by_index:
         # Also drops the uniques (ids, types, property strings) only rejected rows used.
@@ -665,15 +837,25 @@ def prepare_events(
 
 
 def events_from_dicts(
-    events, *, now_ms: int, retention_ms: int, clock: str
+    events, *, now_ms: int, retention_ms: int, clock: str,
+    limits: Limits | None = None, names: NameBudget | None = None,
 ) -> tuple[EventColumns, list[Rejection]]:
     """Validate a list of event dicts (``Engine.ingest``): -> (accepted, rejections).
 
     Keys: ``user_id, type, timestamp_ms, value, properties`` (a dict name -> value); any
-    other key rejects the event. Then the rules of :func:`prepare_events`; rejection indices
-    refer to ``events``. Reading the dicts is one Python step per event.
+    other key rejects the event. Then the rules (``limits``, ``names``) of
+    :func:`prepare_events`; rejection indices refer to ``events``. Reading the dicts is one
+    Python step per event. An event with more than ``max_properties_per_event`` properties,
+    or one whose new property names would take the batch past ``max_batch_cells``, is
+    rejected before its properties are read.
     """
     _check_clock(clock)
+    limits = _limits_of(limits, names)
+    if not isinstance(events, (list, tuple)):
+        events = list(events)
+    _check_batch_size(len(events), limits)
+    most = limits.max_properties_per_event
+    max_columns = limits.max_batch_cells // max(len(events), 1)
     early: dict[int, str] = {}
     kept: list[int] = []
     uids: list = []
@@ -688,15 +870,26 @@ def events_from_dicts(
             continue
         extra = [k for k in e if k not in fields]
         if extra:
-            names = ", ".join(f'"{k}"' for k in extra)
+            shown = ", ".join(f'"{_short(str(k))}"' for k in extra[:5]) + (", ..." if len(extra) > 5 else "")
             early[i] = (
-                f"unknown field {names}" if len(extra) == 1 else f"unknown fields {names}"
+                f"unknown field {shown}" if len(extra) == 1 else f"unknown fields {shown}"
             ) + f" (an event has {', '.join(EVENT_FIELDS)})"
             continue
         props = e.get("properties")
         if props is not None and not isinstance(props, Mapping):
             early[i] = f"properties must be a dict of name -> value, got {_builtin_type(props).__name__}"
             continue
+        if props and len(props) > most and sum(map(_is_given, props.values())) > most:
+            early[i] = f"the event has more than {most} properties (max_properties_per_event)"
+            continue
+        if props and len(prop_pos) + len(props) > max_columns:
+            new = sum(1 for k, v in props.items() if k not in prop_pos and _is_given(v))
+            if len(prop_pos) + new > max_columns:
+                early[i] = (
+                    f"the batch's property columns would hold more than {limits.max_batch_cells} "
+                    f"cells ({len(events)} events x {len(prop_pos) + new} distinct property names; "
+                    "max_batch_cells): send this event in a smaller batch")
+                continue
         j = len(kept)
         kept.append(i)
         uids.append(e.get("user_id"))
@@ -705,6 +898,8 @@ def events_from_dicts(
         vals.append(e.get("value"))
         if props:
             for k, v in props.items():
+                if v is None:  # absent: the column holds None there anyway
+                    continue
                 entry = prop_pos.get(k)
                 if entry is None:
                     entry = prop_pos[k] = ([], [])
@@ -719,13 +914,17 @@ def events_from_dicts(
         properties[k] = col
     cols, rej = prepare_events(
         uids, types, ts, vals, properties,
-        now_ms=now_ms, retention_ms=retention_ms, clock=clock,
+        now_ms=now_ms, retention_ms=retention_ms, clock=clock, limits=limits, names=names,
     )
     out = [Rejection(kept[r.index], r.reason) for r in rej]
     out.extend(Rejection(i, r) for i, r in early.items())
     out.sort(key=lambda r: r.index)
     return cols, out
 
+
+def _is_given(v) -> bool:
+    """A property value that is not absent (None or NaN)."""
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
 # ---------------------------------------------------------------------------------- traits
@@ -748,21 +947,42 @@ def _trait_timestamp(ts) -> tuple[int | None, str | None]:
     if ts == 0:
         return None, None
     if not 0 < ts <= _INT64_MAX:
-        return None, f"timestamp_ms must be ms since the Unix epoch, got {ts}"
+        return None, f"timestamp_ms must be ms since the Unix epoch, got {_int_text(ts)}"
     return ts, None
 
 
+def _utf8_size(s: str, at_most: int) -> int:
+    """UTF-8 length of ``s`` (exact only when above ``at_most // 4``: no encode for short ones)."""
+    return len(s) if len(s) * 4 <= at_most else len(s.encode("utf-8", "surrogatepass"))
+
+
 def prepare_traits(
-    updates, *, now_ms: int, retention_ms: int, clock: str
+    updates, *, now_ms: int, retention_ms: int, clock: str,
+    limits: Limits | None = None, names: NameBudget | None = None,
 ) -> tuple[TraitColumns, list[Rejection]]:
     """Validate trait updates ``[(user_id, {name: value}, timestamp_ms | None), ...]``.
 
     One row per accepted update, in input order. Values are str, numbers or bools; None (or a
     float NaN) unsets the trait. A timestamp of None or 0 means ``now_ms``; trait timestamps
     are never too old (the last value written wins; the timestamp only moves the event
-    clock), so ``retention_ms`` is not used. One Python step per update.
+    clock), so ``retention_ms`` is not used; they may not be beyond the future bound. One
+    Python step per update.
+
+    ``limits`` and ``names`` as for :func:`prepare_events`: an update that would bring a
+    trait beyond ``max_traits`` is rejected (whole: an update is all or nothing), and the
+    trait names of accepted updates are added to ``names``.
     """
     _check_clock(clock)
+    limits = _limits_of(limits, names)
+    if not isinstance(updates, (list, tuple)):
+        updates = list(updates)
+    _check_batch_size(len(updates), limits, "trait updates")
+    budget = names if names is not None else NameBudget(limits)
+    new_traits: set[str] = set()        # accepted in this batch, not yet in the budget
+    max_traits, max_name = limits.max_traits, limits.max_name_bytes
+    max_id, max_str = limits.max_id_bytes, limits.max_string_bytes
+    max_columns = limits.max_batch_cells // max(len(updates), 1)   # trait columns are dense
+    bound = limits.future_bound_ms(now_ms)
     reasons = _Reasons(len(updates))
     rows_user: list[str] = []
     rows_ts: list[int] = []
@@ -780,6 +1000,10 @@ def prepare_traits(
         if uid == "":
             reasons.add(i, "user_id must not be empty")
             continue
+        size = _utf8_size(uid, max_id)
+        if size > max_id:
+            reasons.add(i, f"user_id is {size} bytes long (UTF-8); at most {max_id} (max_id_bytes)")
+            continue
         if not isinstance(traits, Mapping):
             reasons.add(i, f"traits must be a dict of name -> value, got {_builtin_type(traits).__name__}")
             continue
@@ -787,20 +1011,40 @@ def prepare_traits(
         if p is not None:
             reasons.add(i, p)
             continue
+        if t is not None and t > bound:
+            reasons.add(i, limits.future_reason(t, bound))
+            continue
+        if len(traits) > max_traits:
+            reasons.add(i, f"the update sets {len(traits)} traits; at most {max_traits} distinct "
+                           "traits exist (max_traits)")
+            continue
         row = len(rows_user)
         staged = []
         problem = None
+        fresh = []
         for name, v in traits.items():
             if not isinstance(name, str) or name == "" or string_problem(name) is not None:
-                problem = f"trait names must be non-empty strings without NUL, got {name!r}"
+                problem = f"trait names must be non-empty strings without NUL, got {_short(repr(name))}"
                 break
+            size = _utf8_size(name, max_name)
+            if size > max_name:
+                problem = (f'trait name "{_short(name)}" is {size} bytes long (UTF-8); at most '
+                           f"{max_name} (max_name_bytes)")
+                break
+            if not budget.has_trait(name) and name not in new_traits:
+                fresh.append(name)
             k = _kind_of_type(_builtin_type(v))
             if k == "none":
                 staged.append((name, NULL, None))
             elif k == "str":
                 sp = string_problem(v)
                 if sp is not None:
-                    problem = f'trait "{name}" {sp}'
+                    problem = f'trait "{_short(name)}" {sp}'
+                    break
+                size = _utf8_size(v, max_str)
+                if size > max_str:
+                    problem = (f'trait "{_short(name)}" value is {size} bytes long (UTF-8); at most '
+                               f"{max_str} = {format_bytes(max_str)} (max_string_bytes)")
                     break
                 staged.append((name, 0.0, v))
             elif k == "bool":
@@ -809,12 +1053,25 @@ def prepare_traits(
                 try:
                     x = float(v)
                 except OverflowError:
-                    problem = f'trait "{name}" value {v} is too large for a float64'
+                    problem = f'trait "{_short(name)}" value {_int_text(v)} is too large for a float64'
                     break
                 staged.append((name, NULL if math.isnan(x) else x + 0.0, None))
             else:
-                problem = _unsupported(f'trait "{name}"', v)
+                problem = _unsupported(f'trait "{_short(name)}"', v)
                 break
+        if problem is None and fresh:
+            room = max(max_traits - budget.n_traits - len(new_traits), 0)
+            if len(fresh) > room:
+                problem = (f'trait "{_short(fresh[room])}" would be one more than max_traits '
+                           f"({max_traits} distinct traits)")
+        if problem is None and len(per_trait) + len(staged) > max_columns:
+            wide = len(per_trait) + sum(1 for name, *_ in staged if name not in per_trait)
+            if wide > max_columns:
+                problem = (f"the batch's trait columns would hold more than {limits.max_batch_cells} "
+                           f"cells ({len(updates)} updates x {wide} distinct trait names; "
+                           "max_batch_cells): send this update in a smaller batch")
+        if problem is None:
+            new_traits.update(fresh)
         if problem is not None:
             reasons.add(i, problem)
             continue
@@ -842,6 +1099,8 @@ def prepare_traits(
         boxed[name] = b
         traits_out[name] = (b, given)
         strings.add(name, name, np.asarray(srows, dtype=np.int64), svals)
+    if names is not None and new_traits:
+        names.add(traits=new_traits)
     table = strings.resolve(boxed, None, "trait")
     cols = TraitColumns(
         split_strings(rows_user),

@@ -1,13 +1,20 @@
 """Segment definitions: validated once (by the embedded engine or the gateway), then compiled
-by every shard. The registry owns names, versions, dependencies and their order."""
+by every shard. The registry owns names, versions, dependencies and their order.
+
+Everything a shard would refuse is refused here first (an error raised on a shard comes back
+through Ray, where an ExpressionError does not survive the trip): the expression is bounded
+by ``engine.limits.Limits`` and regrouped to fit the kernels' stack by ``compile_expression``.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 
-from .errors import EngineError, ExpressionError, SegmentExists, SegmentInUse, UnknownSegment
+from .errors import (EngineError, ExpressionError, Overloaded, SegmentExists, SegmentInUse,
+                     UnknownSegment)
 from .expr import ast as A
+from .limits import DEFAULT_LIMITS, Limits
 
 MAX_NAME_LEN = 200
 
@@ -26,11 +33,32 @@ class SegmentDef:
     models: tuple[str, ...] = ()
 
 
-def _check_name(name: str) -> None:
+def _check_name(name: str, max_bytes: int = DEFAULT_LIMITS.max_name_bytes) -> None:
     if not isinstance(name, str) or not name.strip():
         raise ExpressionError(1, 1, "a segment needs a non-empty name")
     if len(name) > MAX_NAME_LEN or any(ord(c) < 32 for c in name):
         raise ExpressionError(1, 1, f"segment name {name[:40]!r} is too long or has control characters")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ExpressionError(1, 1, f"segment name {name[:40]!r} is not valid Unicode text") from None
+    if size > max_bytes:
+        raise ExpressionError(1, 1, f"segment name {name[:40]!r} is {size} bytes long (UTF-8); at most "
+                                    f"{max_bytes} (max_name_bytes)")
+
+
+def _check_description(description, max_bytes: int) -> None:
+    if description is None or description == "":
+        return
+    if not isinstance(description, str):
+        raise ExpressionError(1, 1, f"a segment description is text, not {type(description).__name__}")
+    try:
+        size = len(description.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ExpressionError(1, 1, "the segment description is not valid Unicode text") from None
+    if size > max_bytes:
+        raise ExpressionError(1, 1, f"the segment description is {size} bytes long (UTF-8); at most "
+                                    f"{max_bytes} (max_string_bytes)")
 
 
 @dataclass
@@ -40,20 +68,33 @@ class SegmentRegistry:
     retention_ms: int
     models: object = None      # ModelCatalog (engine._models): deployment(name) -> Deployment | None
     _defs: dict[str, SegmentDef] = field(default_factory=dict)
+    limits: Limits | None = None   # None: the defaults
+
+    @property
+    def _limits(self) -> Limits:
+        return self.limits or DEFAULT_LIMITS
 
     def validate(self, name: str, expression: str, description: str = "", *,
                  replacing: bool = False, now_ms: int | None = None) -> SegmentDef:
-        """Parse, type-check and dependency-check without registering anything."""
+        """Parse, type-check and dependency-check without registering anything.
+
+        Raises ExpressionError, SegmentExists, UnknownSegment, or Overloaded when a new
+        segment would be one more than ``limits.max_segments``."""
         from .expr import compile_expression, segment_refs
 
-        _check_name(name)
+        _check_name(name, self._limits.max_name_bytes)
         if not replacing and name in self._defs:
             raise SegmentExists(f"segment {name!r} already exists; use replace to change its expression")
         if replacing and name not in self._defs:
             raise UnknownSegment(f"segment {name!r} does not exist")
+        most = self._limits.max_segments
+        if not replacing and len(self._defs) >= most:
+            raise Overloaded(f"the engine has {len(self._defs)} segments; at most {most} (max_segments): "
+                             "delete one first")
         if not isinstance(expression, str):
             raise ExpressionError(1, 1, "the expression must be text")
-        tree = compile_expression(expression, retention_ms=self.retention_ms)
+        _check_description(description, self._limits.max_string_bytes)
+        tree = compile_expression(expression, retention_ms=self.retention_ms, limits=self._limits)
         deps = sorted(segment_refs(tree))
         for node in _segment_ref_nodes(tree):
             if node.name not in self._defs:
@@ -73,7 +114,7 @@ class SegmentRegistry:
 
         if not isinstance(expression, str):
             raise ExpressionError(1, 1, "the expression must be text")
-        tree = compile_expression(expression, retention_ms=self.retention_ms)
+        tree = compile_expression(expression, retention_ms=self.retention_ms, limits=self._limits)
         for node in _segment_ref_nodes(tree):
             if node.name not in self._defs:
                 raise ExpressionError(node.line, node.col, f'unknown segment "{node.name}" in segment(...)')

@@ -19,6 +19,9 @@ class ExpressionError(EngineError, ValueError):
         self.message = message
         super().__init__(f"{line}:{col}: {message}")
 
+    def __reduce__(self):   # pickles (e.g. from a Ray shard) with its three fields
+        return (type(self), (self.line, self.col, self.message))
+
 
 class SegmentExists(EngineError):
     """A segment with that name already exists (use replace_segment to change it)."""
@@ -61,3 +64,18 @@ class UnknownModel(EngineError, KeyError):
 
 class ModelInUse(EngineError):
     """The model is used by segments; delete or replace those first."""
+
+
+class Unavailable(EngineError):
+    """The engine cannot serve the call now (shutting down, a shard down or recovering);
+    retrying later is safe (with a batch_id, a retried batch is never applied twice)."""
+
+
+class LimitExceeded(ConfigError):
+    """A request larger than the limits allow as a whole (a batch of more than
+    ``max_batch_events`` events, say); the message names the limit and what to do
+    (INVALID_ARGUMENT)."""
+
+
+class Overloaded(EngineError):
+    """A bound was reached (a full queue, too many subscribers); retry with backoff."""

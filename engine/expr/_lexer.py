@@ -46,14 +46,41 @@ class Token:
         """How an error message names this token after "found"."""
         if self.kind == EOF:
             return "end of input"
+        text = self.text if len(self.text) <= 60 else self.text[:60] + "..."
         if self.kind == STR:
-            return f"the string {self.text}"
-        return f'"{self.text}"'
+            return f"the string {text}"
+        return f'"{text}"'
 
 
 def is_identifier(name: str) -> bool:
     """True if ``name`` can be written bare (an identifier that is not a keyword)."""
     return bool(_IDENT_FULL_RE.match(name)) and name not in KEYWORDS
+
+
+def position(text: str, i: int) -> tuple[int, int]:
+    """1-based (line, column) of index ``i`` of ``text``."""
+    line = text.count("\n", 0, i) + 1
+    return line, i - (text.rfind("\n", 0, i) + 1) + 1
+
+
+def check_text(text: str, max_chars: int) -> None:
+    """An expression must be at most ``max_chars`` long and valid Unicode (no lone surrogate:
+    it could be neither stored nor sent over gRPC). Raises ExpressionError."""
+    if len(text) > max_chars:
+        raise ExpressionError(1, 1, f"the expression has {len(text)} characters; at most {max_chars} "
+                                    "(max_expression_chars): split it into segments and combine "
+                                    'them with segment("NAME")')
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        line, col = position(text, err.start)
+        raise ExpressionError(line, col, f"character {char_text(text[err.start])} is not valid Unicode "
+                                         "text (a lone surrogate)") from None
+
+
+def char_text(c: str) -> str:
+    """A character as an error message shows it: printable ones quoted, others by code point."""
+    return f'"{c}"' if c.isprintable() else f"U+{ord(c):04X}"
 
 
 def tokenize(text: str) -> list[Token]:
@@ -121,7 +148,7 @@ def _bad_character_message(text: str, i: int) -> str:
     if c.isalnum():
         return f'unexpected character "{c}": a name with characters other than A-Z, a-z, 0-9, _ : - ' \
                'is written in double quotes, as in "Café"'
-    return f'unexpected character "{c}"'
+    return f"unexpected character {char_text(c)}"
 
 
 def _read_string(text: str, start: int, err) -> tuple[int, str]:
@@ -133,6 +160,8 @@ def _read_string(text: str, start: int, err) -> tuple[int, str]:
         c = text[i]
         if c == '"':
             return i + 1, "".join(out)
+        if c == "\0":
+            raise err(i, "a string cannot hold a NUL character (U+0000): no name or value can contain one")
         if c == "\\":
             nxt = text[i + 1] if i + 1 < n else ""
             if nxt == '"':
@@ -169,5 +198,5 @@ def _read_number(text: str, i: int, line: int, col: int, err) -> tuple[int, Toke
     number_text = text[start:i]
     value = float(number_text)
     if math.isinf(value):
-        raise err(start, f"the number {number_text} is too large")
+        raise err(start, f"the number {number_text[:24]}{'...' if len(number_text) > 24 else ''} is too large")
     return i, Token(NUM, number_text, value, line, col)

@@ -22,9 +22,12 @@ from engine.expr._lexer import (
     QTY,
     STR,
     Token,
+    check_text,
     is_identifier,
     tokenize,
 )
+from engine.expr._shape import check_shape
+from engine.limits import DEFAULT_LIMITS
 
 RFM_DEFAULT_WINDOW_MS = 365 * A.DAY_MS
 
@@ -42,17 +45,23 @@ FUNCTIONS = frozenset(
 _COMPARE_OPS = ("==", "!=", "<", "<=", ">", ">=")
 
 
-def parse(text: str) -> A.Expr:
-    """Parse one segment expression. Raises ExpressionError on the first error."""
+def parse(text: str, *, limits=None) -> A.Expr:
+    """Parse one segment expression. Raises ExpressionError on the first error, whatever
+    the text (``limits``: ``engine.limits.Limits``, for the length, depth and name limits;
+    default: the defaults)."""
     if not isinstance(text, str):
         raise TypeError(f"an expression is a str, not {type(text).__name__}")
-    parser = _Parser(text)
+    limits = limits or DEFAULT_LIMITS
+    check_text(text, limits.max_expression_chars)
+    parser = _Parser(text, limits.max_expression_depth)
     try:
-        return parser.parse()
+        tree = parser.parse()
     except RecursionError:
         tok = parser.peek()
         raise ExpressionError(tok.line, tok.col, "the expression is nested too deeply: "
                                                  "use fewer parentheses or split it into segments") from None
+    check_shape(tree, limits)
+    return tree
 
 
 def name_text(name: str) -> str:
@@ -76,10 +85,14 @@ def duration_text(ms: int) -> str:
 
 
 class _Parser:
-    def __init__(self, text: str):
+    def __init__(self, text: str, max_depth: int = DEFAULT_LIMITS.max_expression_depth):
         self.tokens = tokenize(text)
         self.pos = 0
         self.in_filter = False
+        # Nesting (parentheses, not, minus, where) is bounded while parsing, before Python's
+        # own recursion limit can be reached: each level costs about a dozen frames.
+        self.depth = 0
+        self.max_depth = max_depth
 
     # ------------------------------------------------------------------ token helpers
 
@@ -103,6 +116,17 @@ class _Parser:
     @staticmethod
     def error(tok: Token, message: str) -> ExpressionError:
         return ExpressionError(tok.line, tok.col, message)
+
+    def nest(self, tok: Token) -> None:
+        """One level deeper at ``tok``; ``unnest`` when the construct is parsed."""
+        self.depth += 1
+        if self.depth > self.max_depth:
+            raise self.error(tok, f"the expression is nested too deeply: more than {self.max_depth} "
+                                  "levels (max_expression_depth); use fewer parentheses, or split it "
+                                  'into segments and combine them with segment("NAME")')
+
+    def unnest(self) -> None:
+        self.depth -= 1
 
     def expected(self, what: str, tok: Token | None = None) -> ExpressionError:
         tok = tok or self.peek()
@@ -147,7 +171,10 @@ class _Parser:
     def not_expr(self) -> A.Expr:
         if self.at_kw("not"):
             tok = self.advance()
-            return A.Not(self.not_expr(), tok.line, tok.col)
+            self.nest(tok)
+            node = A.Not(self.not_expr(), tok.line, tok.col)
+            self.unnest()
+            return node
         return self.cmp_expr()
 
     def cmp_expr(self) -> A.Expr:
@@ -201,7 +228,10 @@ class _Parser:
             tok = self.advance()
             if self.in_filter:
                 return self.negative_literal(tok, "inside where, only a number can follow a minus sign")
-            return A.Neg(self.unary(), tok.line, tok.col)
+            self.nest(tok)
+            node = A.Neg(self.unary(), tok.line, tok.col)
+            self.unnest()
+            return node
         return self.atom()
 
     def negative_literal(self, minus: Token, message: str) -> A.Literal:
@@ -240,10 +270,12 @@ class _Parser:
             raise self.expected("a value", tok)
         if tok.kind == OP and tok.value == "(":
             self.advance()
+            self.nest(tok)
             node = self.expr()
             if not self.at_op(")"):
                 raise self.expected(f'")" to close the "(" at {tok.line}:{tok.col}')
             self.advance()
+            self.unnest()
             return node
         if tok.kind == IDENT:
             if self.at_op("(", 1):
@@ -298,6 +330,8 @@ class _Parser:
     def duration(self, tok: Token) -> int:
         number, unit = tok.value
         if unit in DURATION_UNITS_MS:
+            if len(number) > 20:  # int() of thousands of digits is slow, then refused
+                raise self.error(tok, f'the duration "{tok.text[:24]}..." is too large')
             if "." in number:
                 raise self.error(tok, f'a duration is a whole number with a unit: "{tok.text}" has a fraction; '
                                       "use a smaller unit (90m rather than 1.5h)")
@@ -416,10 +450,12 @@ class _Parser:
             if self.peek().kind == EOF or self.at_op(",") or self.at_op(")"):
                 raise self.expected('a condition after "where"')
             outer, self.in_filter = self.in_filter, True
+            self.nest(tok)
             try:
                 filt = self.expr()
             finally:
                 self.in_filter = outer
+            self.unnest()
         return A.EventSource(event, prop, filt, tok.line, tok.col)
 
     def window(self, func: str, example: str) -> Token:

@@ -6,16 +6,26 @@ Shared by the gateway (decode) and ``engine.client`` (encode). Columns are the a
 
 Numeric arrays of ``ColumnarEvents`` travel as raw little-endian bytes, so neither side loops
 over rows for them; string columns are dictionary-encoded (distinct strings once, int32 codes).
+
+Decoding trusts nothing: arrays that do not fit together (a count that disagrees with a
+column, codes out of range, byte lengths that are not whole values) raise
+:class:`ColumnsError`, and a batch beyond the whole-batch limits raises
+``engine.limits.LimitExceeded``; both are ValueErrors, which the server answers with
+INVALID_ARGUMENT, before any row is applied. Bad values inside well-formed arrays (NaN
+values, far-future timestamps, huge strings) are left to ``engine._batch``, which rejects
+just their events.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from engine._pb import pb
+from engine.limits import DEFAULT_LIMITS, LimitExceeded, Limits
 
 _I64 = np.dtype("<i8")
 _I32 = np.dtype("<i4")
@@ -24,6 +34,23 @@ _F64 = np.dtype("<f8")
 ABSENT, NUMBER, STRING, BOOL = (pb.VALUE_KIND_ABSENT, pb.VALUE_KIND_NUMBER,
                                 pb.VALUE_KIND_STRING, pb.VALUE_KIND_BOOL)
 _BOOLS = np.array([False, True], dtype=object)
+_KINDS = np.array([ABSENT, NUMBER, STRING, BOOL], dtype=np.uint8)
+
+
+class ColumnsError(ValueError):
+    """A ColumnarEvents message whose arrays do not fit together (INVALID_ARGUMENT)."""
+
+
+def _array(data: bytes, dtype: np.dtype, what: str) -> np.ndarray:
+    """Raw little-endian bytes -> array; ColumnsError unless they are whole values."""
+    if len(data) % dtype.itemsize:
+        raise ColumnsError(f"columns: {what} has {len(data)} bytes, not a whole number of "
+                           f"{dtype.itemsize}-byte values")
+    return np.frombuffer(data, dtype=dtype)
+
+
+def _short(name: str, n: int = 40) -> str:
+    return name if len(name) <= n else name[:n] + "..."
 
 
 # ----------------------------------------------------------------------------- single values
@@ -137,17 +164,19 @@ def encode_strings(values: Sequence[Any] | np.ndarray, out: "pb.StringColumn") -
 
 
 def decode_strings(col: "pb.StringColumn", n: int, what: str) -> np.ndarray:
-    """-> object array of n str (None where the code is -1)."""
-    codes = np.frombuffer(col.codes, dtype=_I32) if col.codes else np.zeros(0, _I32)
+    """-> object array of n str (None where the code is -1). ColumnsError when the codes,
+    offsets and blob do not fit together or the blob is not UTF-8."""
+    codes = _array(col.codes, _I32, f"{what} codes")
     if len(codes) != n:
-        raise ValueError(f"columns: {what} has {len(codes)} codes for {n} rows")
-    offsets = np.frombuffer(col.offsets, dtype=_I64) if col.offsets else np.zeros(1, _I64)
+        raise ColumnsError(f"columns: {what} has {len(codes)} codes for {n} rows")
+    offsets = _array(col.offsets, _I64, f"{what} offsets") if col.offsets else np.zeros(1, _I64)
     k = len(offsets) - 1
     blob = bytes(col.blob)
-    if k < 0 or (k and (offsets[0] != 0 or offsets[-1] != len(blob) or np.any(np.diff(offsets) < 0))):
-        raise ValueError(f"columns: {what} has inconsistent offsets")
+    if k < 0 or offsets[0] != 0 or offsets[-1] != len(blob) or np.any(np.diff(offsets) < 0):
+        raise ColumnsError(f"columns: {what} has inconsistent offsets (they must rise from 0 to "
+                           f"the blob's {len(blob)} bytes)")
     if n and (codes.min(initial=0) < -1 or codes.max(initial=-1) >= k):
-        raise ValueError(f"columns: {what} has a code outside its {k} strings")
+        raise ColumnsError(f"columns: {what} has a code outside its {k} strings")
     try:
         raw = np.frombuffer(blob, dtype=np.uint8)
         if k > 1 and not np.any(raw == 0):
@@ -158,7 +187,7 @@ def decode_strings(col: "pb.StringColumn", n: int, what: str) -> np.ndarray:
             bounds = offsets.tolist()
             uniques = [blob[bounds[j]:bounds[j + 1]].decode("utf-8") for j in range(k)]
     except UnicodeDecodeError:
-        raise ValueError(f"columns: {what} is not valid UTF-8") from None
+        raise ColumnsError(f"columns: {what} is not valid UTF-8") from None
     table = np.empty(k + 1, dtype=object)
     table[:k] = uniques
     table[k] = None
@@ -247,22 +276,36 @@ def encode_property(name: str, column, n: int, out: "pb.PropertyColumn") -> None
     encode_strings(strings, out.strings)
 
 
-def decode_columns(msg: "pb.ColumnarEvents") -> dict:
-    """ColumnarEvents -> plain columns; ValueError when the arrays do not fit together."""
+def _check_batch(n: int, n_props: int, limits: Limits) -> None:
+    if n > limits.max_batch_events:
+        raise LimitExceeded(f"the batch has {n} events; at most {limits.max_batch_events} "
+                            "(max_batch_events): send it in smaller batches")
+    if n * n_props > limits.max_batch_cells:
+        raise LimitExceeded(f"the batch has {n} events and {n_props} property columns: more than "
+                            f"{limits.max_batch_cells} cells (max_batch_cells); send it in smaller batches")
+
+
+def decode_columns(msg: "pb.ColumnarEvents", limits: Limits | None = None) -> dict:
+    """ColumnarEvents -> plain columns. ColumnsError when the arrays do not fit together,
+    LimitExceeded beyond ``limits.max_batch_events`` or ``max_batch_cells``."""
+    limits = limits or DEFAULT_LIMITS
     n = int(msg.count)
+    _check_batch(n, len(msg.properties), limits)
     if len(msg.timestamp_ms) != 8 * n:
-        raise ValueError(f"columns: timestamp_ms has {len(msg.timestamp_ms) // 8} values for {n} rows")
+        raise ColumnsError(f"columns: timestamp_ms has {len(msg.timestamp_ms)} bytes for {n} rows "
+                           f"(8 bytes a row)")
     ts = np.frombuffer(msg.timestamp_ms, dtype=_I64).astype(np.int64)
     if msg.values:
         if len(msg.values) != 8 * n:
-            raise ValueError(f"columns: values has {len(msg.values) // 8} values for {n} rows")
+            raise ColumnsError(f"columns: values has {len(msg.values)} bytes for {n} rows (8 bytes a "
+                               "row, or none for all 0.0)")
         vals = np.frombuffer(msg.values, dtype=_F64).astype(np.float64)
     else:
         vals = np.zeros(n, np.float64)
     props = {}
     for pc in msg.properties:
         if pc.name in props:
-            raise ValueError(f"columns: property {pc.name!r} given twice")
+            raise ColumnsError(f"columns: property {_short(pc.name)!r} given twice")
         props[pc.name] = decode_property(pc, n)
     return {"user_id": decode_strings(msg.user_ids, n, "user_ids"),
             "type": decode_strings(msg.types, n, "types"),
@@ -270,14 +313,21 @@ def decode_columns(msg: "pb.ColumnarEvents") -> dict:
 
 
 def decode_property(pc: "pb.PropertyColumn", n: int) -> np.ndarray:
+    """One PropertyColumn -> object array of n str/float/bool/None; ColumnsError when its
+    arrays do not fit together."""
+    name = _short(pc.name)
     kinds = np.frombuffer(pc.kinds, dtype=np.uint8)
     if len(kinds) != n:
-        raise ValueError(f"columns: property {pc.name!r} has {len(kinds)} kinds for {n} rows")
+        raise ColumnsError(f"columns: property {name!r} has {len(kinds)} kinds for {n} rows")
+    if n and kinds.max() > _KINDS[-1]:
+        raise ColumnsError(f"columns: property {name!r} has an unknown value kind "
+                           f"{int(kinds.max())} (0 absent, 1 number, 2 string, 3 bool)")
     out = np.full(n, None, dtype=object)
     numeric = (kinds == NUMBER) | (kinds == BOOL)
     if numeric.any():
         if len(pc.numbers) != 8 * n:
-            raise ValueError(f"columns: property {pc.name!r} needs {n} numbers")
+            raise ColumnsError(f"columns: property {name!r} has {len(pc.numbers)} bytes of numbers "
+                               f"for {n} rows (8 bytes a row)")
         numbers = np.frombuffer(pc.numbers, dtype=_F64)
         m = kinds == NUMBER
         if m.any():
@@ -287,20 +337,38 @@ def decode_property(pc: "pb.PropertyColumn", n: int) -> np.ndarray:
             out[m] = _BOOLS[(numbers[m] != 0).astype(np.int64)]
     m = kinds == STRING
     if m.any():
-        strings = decode_strings(pc.strings, n, f"property {pc.name!r}")
-        out[m] = strings[m]
+        strings = decode_strings(pc.strings, n, f"property {name!r}")
+        given = strings[m]
+        if np.any(np.equal(given, None)):
+            raise ColumnsError(f"columns: property {name!r} has a string row whose code is -1")
+        out[m] = given
     return out
 
 
-def events_to_columns(events: Iterable["pb.Event"]) -> dict:
-    """Event messages -> plain columns (properties absent where an event lacks them)."""
+def events_to_columns(events: Iterable["pb.Event"], limits: Limits | None = None) -> dict:
+    """Event messages -> plain columns (properties absent where an event lacks them).
+
+    Of an event with more than ``limits.max_properties_per_event`` properties only one more
+    than that are read: enough for ``engine._batch`` to reject it, without reading them all.
+    More than ``max_batch_events`` events, or more than ``max_batch_cells`` events x distinct
+    property names, raise LimitExceeded.
+    """
+    limits = limits or DEFAULT_LIMITS
     events = list(events)
     n = len(events)
+    _check_batch(n, 0, limits)
+    max_columns = limits.max_batch_cells // max(n, 1)
+    keep = limits.max_properties_per_event + 1
     props: dict[str, np.ndarray] = {}
     for i, ev in enumerate(events):
-        for name, v in ev.properties.items():
+        items = ev.properties.items()
+        if len(ev.properties) > keep:
+            items = itertools.islice(items, keep)
+        for name, v in items:
             col = props.get(name)
             if col is None:
+                if len(props) >= max_columns:
+                    _check_batch(n, len(props) + 1, limits)
                 col = props[name] = np.full(n, None, dtype=object)
             col[i] = value_from_pb(v)
     return {"user_id": [ev.user_id for ev in events],
@@ -332,11 +400,18 @@ def concat_columns(a: dict, b: dict) -> dict:
             "properties": props}
 
 
-def batch_to_columns(batch: "pb.EventBatch") -> dict:
-    """An EventBatch (events, columns or both) -> one set of plain columns."""
-    cols = events_to_columns(batch.events)
+def batch_to_columns(batch: "pb.EventBatch", limits: Limits | None = None) -> dict:
+    """An EventBatch (events, columns or both) -> one set of plain columns.
+
+    ColumnsError (malformed columns) and LimitExceeded (beyond the whole-batch limits of
+    ``limits``, default the defaults) are ValueErrors: INVALID_ARGUMENT, nothing applied."""
+    limits = limits or DEFAULT_LIMITS
+    n_columns = int(batch.columns.count) if batch.HasField("columns") else 0
+    _check_batch(len(batch.events) + n_columns, 0, limits)
+    cols = events_to_columns(batch.events, limits)
     if batch.HasField("columns"):
-        cols = concat_columns(cols, decode_columns(batch.columns))
+        cols = concat_columns(cols, decode_columns(batch.columns, limits))
+        _check_batch(len(cols["timestamp_ms"]), len(cols["properties"]), limits)
     return cols
 
 
