@@ -32,6 +32,23 @@ _EMPTY_I64 = np.zeros(0, np.int64)
 _EMPTY_U64 = np.zeros(0, np.uint64)
 
 
+def canonical_order(seg_rank: np.ndarray, rows: np.ndarray, users: StringTable) -> np.ndarray:
+    """The order of one step's deltas: by segment (dependencies first), then by the FNV-1a
+    64 hash of the user id, then by the id. It depends on nothing but the deltas themselves
+    (not on rows, shards or history), so a replay after a restore from a snapshot, or the
+    same step on any number of shards merged, gives the same sequence numbers."""
+    if len(rows) <= 1:
+        return np.arange(len(rows))
+    h = users.hashes()[rows]
+    order = np.lexsort((h, seg_rank))
+    hs, ss = h[order], seg_rank[order]
+    ties = (hs[1:] == hs[:-1]) & (ss[1:] == ss[:-1])
+    if ties.any() and np.any(rows[order][1:][ties] != rows[order][:-1][ties]):
+        ids = np.asarray(users.gather(rows), dtype=object)   # a 64-bit collision: by id
+        order = np.lexsort((ids, h, seg_rank))
+    return order
+
+
 class ShardCore(ShardModels):
     """One shard's users: events, traits, segment membership and timers."""
 
@@ -325,9 +342,9 @@ class ShardCore(ShardModels):
         return self._deltas(rows[fi], fs, fk, causes, now_ms)
 
     def _deltas(self, rows, plan_idx, kinds, causes, now_ms) -> DeltaBatch:
-        """Flips -> deltas, ordered by segment (dependencies first), then by user row."""
+        """Flips -> deltas in the canonical order (``canonical_order``)."""
         names = self.plan.names
-        order = np.lexsort((rows, plan_idx))
+        order = canonical_order(plan_idx, rows, self.users)
         rows, plan_idx, kinds, causes = rows[order], plan_idx[order], kinds[order], causes[order]
         return DeltaBatch(
             segments=[names[s] for s in plan_idx.tolist()],
@@ -415,6 +432,7 @@ class ShardCore(ShardModels):
         if name not in self.defs:
             raise UnknownSegment(f"segment {name!r} does not exist")
         rows = self._member_rows(name)
+        rows = rows[canonical_order(np.zeros(len(rows), np.int64), rows, self.users)]
         slot = self.slots[name]
         delta = DeltaBatch(
             segments=[name] * len(rows), user_ids=self.users.gather(rows),
@@ -511,13 +529,18 @@ class ShardCore(ShardModels):
         """Everything about the users of the given hash slots, as plain arrays keyed by
         names (event types, properties, traits, segments), for ``import_state`` on another
         shard. String values travel as strings, not as this shard's codes."""
-        rows = self._rows_in_slots(slots)
-        codes: list[np.ndarray] = []
+        wanted = np.unique(np.asarray(list(slots), np.int64))
+        if np.isin(np.arange(NUM_SLOTS), wanted).all():
+            rows = self._known_rows()        # a snapshot: every user, no hashing
+        else:
+            rows = self._rows_in_slots(wanted)
+        # when every row is known, row i is user i: slices instead of gathers
+        sel = slice(0, len(rows)) if len(rows) == self.nrows else rows
+        used = np.zeros(len(self.strings), np.bool_)
 
         def strings_of(boxed: np.ndarray) -> np.ndarray:
             bits = boxed.view(np.int64)
-            is_str = (bits & V.TAG_MASK) == V.STR_TAG
-            codes.append(bits[is_str] & V.PAYLOAD_MASK)
+            used[bits[(bits & V.TAG_MASK) == V.STR_TAG] & V.PAYLOAD_MASK] = True
             return boxed
 
         events = {}
@@ -525,17 +548,24 @@ class ShardCore(ShardModels):
             owner, words = KS._export_lists(rows, t, int(self.width[t]), self.arena, self.h)
             if len(owner):
                 cols = sorted(self.type_cols[t].items(), key=lambda kv: kv[1])
-                events[name] = {"owner": owner, "timestamp_ms": words[:, 0].astype(np.int64),
-                                "columns": {p: strings_of(words[:, c].copy()) for p, c in cols}}
-        traits = {name: strings_of(self.traits[rows, c].copy()) for name, c in self.trait_ids.items()}
-        all_codes = np.unique(np.concatenate(codes)) if codes else np.zeros(0, np.int64)
+                by_col = np.ascontiguousarray(words.T)    # one pass, then each column is contiguous
+                del words
+                events[name] = {"owner": owner, "timestamp_ms": by_col[0].astype(np.int64),
+                                "columns": {p: strings_of(by_col[c]) for p, c in cols}}
+        traits = {name: strings_of(self.traits[sel, c].copy()) for name, c in self.trait_ids.items()}
+        member_words: dict[int, np.ndarray] = {}
+        members = {}
+        for name, s in self.slots.items():
+            if s >> 6 not in member_words:
+                member_words[s >> 6] = self.member[sel, s >> 6]
+            members[name] = np.flatnonzero((member_words[s >> 6] >> np.uint64(s & 63)) & np.uint64(1))
+        all_codes = np.flatnonzero(used).astype(np.int64)
         return {
             "user_ids": self.users.gather(rows),
             "events": events,
             "traits": traits,
-            "members": {name: np.flatnonzero((self.member[rows, s >> 6] >> np.uint64(s & 63)) & np.uint64(1))
-                        for name, s in self.slots.items()},
-            "timers": self.timer[rows].copy(),
+            "members": members,
+            "timers": self.timer[sel].copy(),
             "string_codes": all_codes,
             "strings": self.strings.gather(all_codes),
         }
@@ -555,6 +585,9 @@ class ShardCore(ShardModels):
         ids = state["user_ids"]
         if not ids:
             return 0
+        for name in state["members"]:
+            if name not in self.slots:
+                raise UnknownSegment(f"import_state: segment {name!r} is not defined on this shard")
         rows = self._rows_for(split_strings(ids))
         if np.any(self.known[rows]):
             raise ValueError("import_state: some users already live on this shard")
@@ -563,47 +596,120 @@ class ShardCore(ShardModels):
             mapping[state["string_codes"]] = self.strings.intern(split_strings(state["strings"]))
 
         def local(boxed: np.ndarray) -> np.ndarray:
-            boxed = np.array(boxed, np.float64)
+            boxed = np.asarray(boxed, np.float64)
             bits = boxed.view(np.int64)
             is_str = (bits & V.TAG_MASK) == V.STR_TAG
-            bits[is_str] = V.STR_TAG | mapping[bits[is_str] & V.PAYLOAD_MASK]
-            return boxed
+            if not is_str.any():
+                return boxed
+            out = bits.copy()
+            out[is_str] = V.STR_TAG | mapping[bits[is_str] & V.PAYLOAD_MASK]
+            return out.view(np.float64)
 
+        lists = []
         for name, ev in state["events"].items():
             t = self.type_id(name)
-            props = list(ev["columns"])
-            for p in props:
-                self.column(t, p)
-            n = len(ev["owner"])
-            vals = np.empty((n, max(len(props), 1)), np.float64)
-            src = np.full((self._tcap, int(self.width[t])), KS.SRC_NULL, np.int64)
-            if VALUE_COLUMN in self.type_cols[t]:
-                src[t, self.type_cols[t][VALUE_COLUMN]] = KS.SRC_ZERO
-            for j, p in enumerate(props):
-                vals[:, j] = local(ev["columns"][p])
-                src[t, self.type_cols[t][p]] = j
-            ev_rows = rows[ev["owner"]]
-            tids = np.full(n, t, np.int64)
-            ts = np.ascontiguousarray(ev["timestamp_ms"], np.int64)
-            i = 0
-            while True:
-                i, need = KS._append(i, ev_rows, tids, ts, vals, src, self.width, self.arena, self.astate,
-                                     self.free, self.h, KS.CAPS, -np.inf, self.max_per, self.counters)
-                if i >= n:
-                    break
-                self._grow_arena(int(need))
+            for p in ev["columns"]:
+                self.column(t, p)       # may rewrite the arena: every column first, then the events
+            lists.append((t, np.asarray(ev["owner"], np.int64), np.ascontiguousarray(ev["timestamp_ms"], np.int64),
+                          ev["columns"]))
+        layouts = [self._list_layout(t, rows, owner, ts) for t, owner, ts, _ in lists]
+        need = sum(int(lay[3].sum()) for lay in layouts if lay is not None)
+        if int(self.astate[0]) + need > self.arena.shape[0]:
+            self._grow_arena(need)      # once, not once per type
+        for (t, owner, ts, columns), lay in zip(lists, layouts):
+            cols = {p: local(v) for p, v in columns.items()}
+            if lay is not None:
+                self._place_lists(t, lay, ts, cols)
+            else:
+                self._append_lists(t, rows, owner, ts, cols)
         for name, boxed in state["traits"].items():
-            self.traits[rows, self.trait_col(name)] = local(boxed)
+            c = self.trait_col(name)    # first: a new column may replace self.traits
+            self.traits[rows, c] = local(boxed)
         for name, idx in state["members"].items():
-            s = self.slots.get(name)
-            if s is None:
-                raise UnknownSegment(f"import_state: segment {name!r} is not defined on this shard")
+            s = self.slots[name]
             self.member[rows[idx], s >> 6] |= np.uint64(1 << (s & 63))
         self.timer[rows] = np.minimum(self.timer[rows], state["timers"])
         blocks = rows >> TBLOCK_SHIFT
         np.minimum.at(self.tblock, blocks, state["timers"])
         self.known[rows] = True
         return len(rows)
+
+    def _list_layout(self, t: int, rows, owner, ts):
+        """Where imported events of type ``t`` go when they can be laid out in the arena
+        directly, one tight block per user (what ``_append`` ends with, without moving each
+        list up the size classes): only when every list is new, in list order and within
+        the per-type limit. ``(rows, lengths, classes, words)`` per list, or None."""
+        n = len(owner)
+        if n == 0:
+            return _EMPTY_I64, _EMPTY_I64, _EMPTY_I64, _EMPTY_I64
+        if owner[0] < 0 or owner[-1] >= len(rows) or np.any(owner[1:] < owner[:-1]):
+            return None
+        if np.any((owner[1:] == owner[:-1]) & (ts[1:] < ts[:-1])):
+            return None
+        counts = np.bincount(owner, minlength=len(rows))
+        has = np.flatnonzero(counts)
+        cnt = counts[has]
+        target = rows[has]
+        if int(cnt.max()) > self.max_per or np.any(self.h[target, t] != KS.NO_BLOCK):
+            return None
+        cls = np.minimum(np.searchsorted(KS.CAPS, cnt), len(KS.CAPS) - 1)
+        return target, cnt, cls, KS.CAPS[cls] * int(self.width[t])
+
+    def _place_lists(self, t: int, layout, ts, cols) -> None:
+        """Write the events of a ``_list_layout`` at the end of the arena."""
+        target, cnt, cls, words = layout
+        n = len(ts)
+        if n == 0:
+            return
+        w = int(self.width[t])
+        offs = np.cumsum(words)
+        total = int(offs[-1])
+        if int(self.astate[0]) + total > self.arena.shape[0]:
+            self._grow_arena(total)
+        offs -= words
+        offs += int(self.astate[0])
+        # destination of each event: +w within a list, a jump to the next block between lists
+        dest = np.full(n, w, np.int64)
+        first = np.cumsum(cnt) - cnt
+        dest[first[1:]] = offs[1:] - (offs[:-1] + (cnt[:-1] - 1) * w)
+        dest[0] = offs[0]
+        np.cumsum(dest, out=dest)
+        arena = self.arena
+        arena[dest] = ts
+        at = 0
+        for prop, c in sorted(self.type_cols[t].items(), key=lambda kv: kv[1]):
+            dest += c - at          # in place: no index array per column
+            at = c
+            if prop in cols:
+                arena[dest] = cols[prop]
+            else:
+                arena[dest] = 0.0 if prop == VALUE_COLUMN else V.NULL
+        self.h[target, t] = (offs << 32) | (cls << 26) | cnt
+        self.astate[0] += total
+        self.astate[1] += total
+        self.counters[1] += n
+
+    def _append_lists(self, t: int, rows, owner, ts, cols) -> None:
+        """Insert imported events of type ``t`` one by one (``_append``: sorted into lists
+        that may already hold events, the per-type limit applied)."""
+        props = list(cols)
+        n = len(owner)
+        vals = np.empty((n, max(len(props), 1)), np.float64)
+        src = np.full((self._tcap, int(self.width[t])), KS.SRC_NULL, np.int64)
+        if VALUE_COLUMN in self.type_cols[t]:
+            src[t, self.type_cols[t][VALUE_COLUMN]] = KS.SRC_ZERO
+        for j, p in enumerate(props):
+            vals[:, j] = cols[p]
+            src[t, self.type_cols[t][p]] = j
+        ev_rows = rows[owner]
+        tids = np.full(n, t, np.int64)
+        i = 0
+        while True:
+            i, need = KS._append(i, ev_rows, tids, ts, vals, src, self.width, self.arena, self.astate,
+                                 self.free, self.h, KS.CAPS, -np.inf, self.max_per, self.counters)
+            if i >= n:
+                break
+            self._grow_arena(int(need))
 
     # ------------------------------------------------------------------ introspection
     def next_due_ms(self) -> int:
