@@ -143,3 +143,25 @@ class DeltaLog:
                 if limit is not None and len(out) >= limit:
                     return out
         return out
+
+    # ------------------------------------------------------------------ snapshots
+
+    def export(self) -> tuple[int, int, DeltaBatch]:
+        """(first retained sequence, next sequence, every retained delta as one batch)."""
+        with self._lock:
+            chunks = list(self._chunks)
+            nxt = self._next
+        first = chunks[0][0] if chunks else nxt
+        return first, nxt, DeltaBatch.concat([b for _, b in chunks])
+
+    def restore(self, first: int, nxt: int, batch: DeltaBatch) -> None:
+        """Start again from an :meth:`export` (recovery): sequences continue at ``nxt``."""
+        if nxt - first != len(batch):
+            raise ValueError(f"delta log snapshot: {len(batch)} deltas for sequences {first}..{nxt - 1}")
+        with self._lock:
+            self._chunks.clear()
+            self._retained = 0
+            self._next = first
+        self.append(batch)
+        with self._lock:
+            self._next = nxt

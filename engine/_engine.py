@@ -1,4 +1,9 @@
-"""The embedded engine: one in-process shard, a clock and a delta log. No server, no Ray."""
+"""The embedded engine: one in-process shard, a clock and a delta log. No server, no Ray.
+
+Every change is a frame (``engine.durability.frames``) applied as shard steps, exactly as the
+gateway applies it to its shards; with a ``data_dir`` the frames are written ahead to a log
+and snapshots let it be cut, so a new ``Engine`` on the same directory starts where the last
+one stopped."""
 
 from __future__ import annotations
 
@@ -7,16 +12,17 @@ import time
 from dataclasses import dataclass, field
 
 from ._batch import Rejection, events_from_dicts, prepare_events, prepare_traits
+from ._clock import CLOCKS, DEFAULT_MAX_FUTURE_MS, Clock, wall_ms
 from ._deltas import Delta, DeltaBatch, DeltaLog
+from ._steps import apply_step
+from .durability import frames as F
 from ._models import (ModelCatalog, check_training_rows, merge_training_data, plan_training,
                       validate_features)
 from ._segments import SegmentRegistry
 from ._shard import ShardCore
 from ._units import parse_duration_ms
 from .config import parse_interval_ms
-from .errors import ClockError, ConfigError
-
-CLOCKS = ("event", "wall")
+from .errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,7 @@ class SegmentInfo:
 
 
 def wall_now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return wall_ms()
 
 
 class Engine:
@@ -58,22 +64,40 @@ class Engine:
     def __init__(self, clock: str = "event", retention: "str | int" = "30d", *,
                  max_events_per_type: int = 4096, delta_log_capacity: int = 1_000_000,
                  tick_interval_ms: int | None = None, data_dir: str | None = None,
-                 rescore_interval: "str | int" = "1h"):
+                 rescore_interval: "str | int" = "1h", fsync: str = "interval",
+                 snapshot_interval: "str | int" = "5m", max_future: "str | int" = DEFAULT_MAX_FUTURE_MS,
+                 limits=None):
+        from .limits import Limits
+
         if clock not in CLOCKS:
             raise ConfigError(f"clock must be 'event' or 'wall', not {clock!r}")
         self.clock = clock
         self.retention_ms = parse_duration_ms(retention, "retention")
         # 0 turns the scheduled re-scoring off (scores still follow every event)
         self.rescore_interval_ms = parse_interval_ms(rescore_interval, "rescore_interval")
+        self.limits = limits or Limits(max_future_ms=parse_duration_ms(max_future, "max_future"))
+        self._clock = Clock(clock, self.limits.max_future_ms)
+        self._names = _name_budget(self.limits)
+        self.max_events_per_type = max_events_per_type
         self._core = ShardCore(self.retention_ms, max_events_per_type)
         self._models = ModelCatalog(data_dir)
-        self._registry = SegmentRegistry(self.retention_ms, models=self._models)
+        self._registry = SegmentRegistry(self.retention_ms, models=self._models, limits=self.limits)
         self._log = DeltaLog(delta_log_capacity)
-        self._now = 0 if clock == "event" else wall_now_ms()
-        self._last_rescore_ms = self._now
-        for dep in self._models.deployments():     # versions kept in the data dir
-            self._core.deploy_model(dep, self._now)
+        self._applied_now = self._clock.now_ms
+        self._last_rescore_ms = self._clock.now_ms
+        self._deployed: dict[str, int] = {}
         self._lock = threading.RLock()
+        self._store = None
+        self._snapshot_interval_ms = parse_interval_ms(snapshot_interval, "snapshot_interval")
+        self._last_snapshot = time.monotonic()
+        if data_dir:
+            from .durability.store import DurableStore
+            from .durability import embedded
+
+            self._store = DurableStore(data_dir, fsync=fsync)
+            self.recovery = embedded.recover(self)
+        for mv in self._models_to_deploy():     # versions in the data dir not deployed yet
+            self._deploy_version(mv)
         self._ticker = None
         if tick_interval_ms is not None:
             if clock != "wall":
@@ -83,29 +107,30 @@ class Engine:
     # ------------------------------------------------------------------ clock
     @property
     def now_ms(self) -> int:
-        if self.clock == "wall":
-            return max(self._now, wall_now_ms())
-        return self._now
+        return self._clock.current()
+
+    @property
+    def _now(self) -> int:
+        return self._clock.now_ms
 
     def _clock_for_op(self) -> int:
-        if self.clock == "wall":
-            self._now = max(self._now, wall_now_ms())
-        return self._now
+        now = self._clock.for_op()
+        self._clock.move(now)
+        return now
 
-    def advance_clock(self, now_ms: int) -> int:
-        """Event clock only: move ``now`` forward (never back) and apply time-driven changes."""
-        if self.clock != "event":
-            raise ClockError("advance_clock needs the event clock; this engine runs on the wall clock")
+    def advance_clock(self, now_ms: int, allow_far_future: bool = False) -> int:
+        """Event clock only: move ``now`` forward (never back) and apply time-driven changes.
+        Beyond ``max_future`` ahead of max(now, the machine's clock) only with
+        ``allow_far_future``."""
         with self._lock:
-            self._now = max(self._now, int(now_ms))
-            self._emit(self._core.advance(self._now))
+            target = self._clock.check_advance(now_ms, allow_far_future)
+            self._run(F.Frame(F.CLOCK, target))
             return self._now
 
     def tick(self) -> int:
         """Apply the time-driven changes due now (wall clock); returns how many deltas."""
         with self._lock:
-            now = self._clock_for_op()
-            return self._emit(self._core.advance(now))
+            return self._run(F.Frame(F.CLOCK, self._clock.for_op()))
 
     def _start_ticker(self, interval_ms: int) -> None:
         stop = threading.Event()
@@ -119,19 +144,84 @@ class Engine:
         self._ticker = (t, stop)
 
     def close(self) -> None:
+        """Stop the ticker; with a data dir, write a snapshot and close the log."""
         if self._ticker:
             self._ticker[1].set()
             self._ticker[0].join()
             self._ticker = None
+        if self._store is not None:
+            with self._lock:
+                self.snapshot()
+                self._store.close()
+                self._store = None
 
-    def _emit(self, batch: DeltaBatch) -> int:
-        self._log.append(batch)
-        n = len(batch)
-        if (self.rescore_interval_ms and self._core.models
-                and self._now - self._last_rescore_ms >= self.rescore_interval_ms):
-            self._last_rescore_ms = self._now
-            n += self._emit(self._core.rescore(self._now))
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ frames
+    def _run(self, frame: F.Frame) -> int:
+        """Log (with a data dir) and apply one frame -> deltas appended."""
+        self._clock.move(frame.now_ms)
+        if frame.rescore is None and frame.op != F.RESCORE:
+            frame.rescore = self._rescore_due(frame)
+        lsn = self._store.append([frame]) if self._store is not None else 0
+        n = self._apply(frame)
+        if lsn:
+            self._store.wait(lsn)
+            self._maybe_snapshot()
         return n
+
+    def _apply(self, frame: F.Frame) -> int:
+        """The frame's steps on the one core, phase by phase, and its effects here."""
+        n = 0
+        for phase in F.frame_phases(frame, self._applied_now, 1, lambda cols: {0: cols}, lambda u: 0):
+            if phase[0] is not None:
+                batch = apply_step(self._core, *phase[0])
+                self._log.append(batch)
+                n += len(batch)
+        self._applied_now = max(self._applied_now, frame.now_ms)
+        if frame.op in (F.SEGMENT_CREATE, F.SEGMENT_REPLACE):
+            self._registry.put(frame.payload)
+        elif frame.op == F.SEGMENT_DELETE and frame.payload in self._registry:
+            self._registry.remove(frame.payload)
+        elif frame.op == F.MODEL_DEPLOY:
+            self._deployed[frame.payload[0]] = int(frame.payload[1])
+        elif frame.op == F.MODEL_DROP:
+            self._deployed.pop(frame.payload, None)
+        if frame.op == F.RESCORE or frame.rescore is not None:
+            self._last_rescore_ms = frame.now_ms
+        return n
+
+    def _rescore_due(self, frame: F.Frame):
+        """Everyone is re-scored right after an operation that leaves models deployed and the
+        clock an interval past the last re-scoring (the gateway's rule too)."""
+        models = set(self._deployed)
+        if frame.op == F.MODEL_DEPLOY:
+            models.add(frame.payload[0])
+        elif frame.op == F.MODEL_DROP:
+            models.discard(frame.payload)
+        if (self.rescore_interval_ms and models
+                and frame.now_ms - self._last_rescore_ms >= self.rescore_interval_ms):
+            return (0, 1)
+        return None
+
+    def _maybe_snapshot(self) -> None:
+        if (self._snapshot_interval_ms
+                and (time.monotonic() - self._last_snapshot) * 1000 >= self._snapshot_interval_ms):
+            self.snapshot()
+
+    def snapshot(self) -> dict:
+        """With a data dir: write a snapshot now and cut the log -> what was written."""
+        from .durability import embedded
+
+        with self._lock:
+            if self._store is None:
+                raise ConfigError("snapshot needs an engine with a data_dir")
+            self._last_snapshot = time.monotonic()
+            return embedded.snapshot(self)
 
     # ------------------------------------------------------------------ ingestion
     def ingest(self, events) -> IngestResult:
@@ -139,22 +229,24 @@ class Engine:
         with self._lock:
             before = self._clock_for_op()
             cols, rejections = events_from_dicts(list(events), now_ms=before,
-                                                 retention_ms=self.retention_ms, clock=self.clock)
-            return self._apply(cols, rejections, before)
+                                                 retention_ms=self.retention_ms, clock=self.clock,
+                                                 limits=self.limits, names=self._names)
+            return self._ingested(F.EVENTS, cols, rejections, before)
 
     def ingest_columns(self, user_id, type, timestamp_ms, value=None, properties=None) -> IngestResult:
         """The columnar fast path: equal-length arrays or sequences, no object per event."""
         with self._lock:
             before = self._clock_for_op()
             cols, rejections = prepare_events(user_id, type, timestamp_ms, value, properties,
-                                              now_ms=before, retention_ms=self.retention_ms, clock=self.clock)
-            return self._apply(cols, rejections, before)
+                                              now_ms=before, retention_ms=self.retention_ms, clock=self.clock,
+                                              limits=self.limits, names=self._names)
+            return self._ingested(F.EVENTS, cols, rejections, before)
 
-    def _apply(self, cols, rejections, before) -> IngestResult:
-        if self.clock == "event" and len(cols):
-            self._now = max(before, cols.max_timestamp())
-        self._emit(self._core.apply_events(cols, self._now))
-        return IngestResult(len(cols), len(rejections), rejections, self._now)
+    def _ingested(self, op: str, cols, rejections, before: int) -> IngestResult:
+        now = self._clock.after(cols.max_timestamp(None), before)
+        reply = F.Reply(len(cols), len(rejections), [(r.index, r.reason) for r in rejections], now)
+        self._run(F.Frame(op, now, cols, reply=reply))
+        return IngestResult(len(cols), len(rejections), rejections, now)
 
     def set_traits(self, user_id: str, traits: dict, timestamp_ms: int | None = None) -> IngestResult:
         """Set (or, with None, unset) traits of one user."""
@@ -165,11 +257,9 @@ class Engine:
         with self._lock:
             before = self._clock_for_op()
             cols, rejections = prepare_traits(list(updates), now_ms=before,
-                                              retention_ms=self.retention_ms, clock=self.clock)
-            if self.clock == "event" and len(cols):
-                self._now = max(before, cols.max_timestamp())
-            self._emit(self._core.apply_traits(cols, self._now))
-            return IngestResult(len(cols), len(rejections), rejections, self._now)
+                                              retention_ms=self.retention_ms, clock=self.clock,
+                                              limits=self.limits, names=self._names)
+            return self._ingested(F.TRAITS, cols, rejections, before)
 
     # ------------------------------------------------------------------ segments
     def _info(self, name: str) -> SegmentInfo:
@@ -185,8 +275,7 @@ class Engine:
         with self._lock:
             now = self._clock_for_op()
             defn = self._registry.validate(name, expression, description, now_ms=now)
-            self._emit(self._core.create_segment(defn, now))
-            self._registry.put(defn)
+            self._run(F.Frame(F.SEGMENT_CREATE, now, defn))
             return self._info(name)
 
     def replace_segment(self, name: str, expression: str, description: str | None = None) -> SegmentInfo:
@@ -197,8 +286,7 @@ class Engine:
             defn = self._registry.validate(name, expression,
                                            old.description if description is None else description,
                                            replacing=True, now_ms=now)
-            self._emit(self._core.replace_segment(defn, now))
-            self._registry.put(defn)
+            self._run(F.Frame(F.SEGMENT_REPLACE, now, defn))
             return self._info(name)
 
     def delete_segment(self, name: str) -> SegmentInfo:
@@ -207,8 +295,7 @@ class Engine:
             now = self._clock_for_op()
             self._registry.check_delete(name)
             info = self._info(name)
-            self._emit(self._core.delete_segment(name, now))
-            self._registry.remove(name)
+            self._run(F.Frame(F.SEGMENT_DELETE, now, name))
             return info
 
     def get_segment(self, name: str) -> SegmentInfo:
@@ -244,7 +331,7 @@ class Engine:
         """Forget the user's events and traits everywhere (EXIT deltas)."""
         with self._lock:
             view = self._core.user_view(user_id)
-            self._emit(self._core.delete_user(user_id, self._clock_for_op()))
+            self._run(F.Frame(F.USER_DELETE, self._clock_for_op(), user_id))
             return view
 
     # ------------------------------------------------------------------ models
@@ -290,8 +377,20 @@ class Engine:
     def _deploy(self, mv):
         with self._lock:
             self._models.add(mv)
-            self._emit(self._core.deploy_model(mv.deployment, self._clock_for_op()))
+            self._deploy_version(mv)
             return mv.report
+
+    def _deploy_version(self, mv) -> None:
+        frame = F.Frame(F.MODEL_DEPLOY, self._clock_for_op(), (mv.name, int(mv.version), True))
+        frame.deployment = mv.deployment
+        self._run(frame)
+
+    def _models_to_deploy(self) -> list:
+        reg = self._models._registry       # None: no model was ever made (scoring not imported)
+        if reg is None:
+            return []
+        return [mv for mv in (reg.latest(n) for n in reg.names())
+                if self._deployed.get(mv.name) != mv.version]
 
     def get_model(self, name: str):
         with self._lock:
@@ -305,15 +404,13 @@ class Engine:
         """Forget a model and its versions. Raises ModelInUse while a segment uses it."""
         with self._lock:
             self._models.check_delete(name, self._registry)
-            self._core.drop_model(name)
+            self._run(F.Frame(F.MODEL_DROP, self._clock_for_op(), name))
             return self._models.remove(name)
 
     def rescore(self) -> int:
         """Score every user again now (also done every ``rescore_interval``); returns deltas."""
         with self._lock:
-            now = self._clock_for_op()
-            self._last_rescore_ms = now
-            return self._emit(self._core.rescore(now))
+            return self._run(F.Frame(F.RESCORE, self._clock_for_op(), (0, 1)))
 
     # ------------------------------------------------------------------ output
     def deltas(self, after_sequence: int = 0, segments=None) -> list[Delta]:
@@ -356,3 +453,9 @@ def model_spec(spec, fields: dict):
         return ModelSpec(**fields)
     return replace(spec, **fields) if fields else spec
 
+
+
+def _name_budget(limits):
+    from .limits import NameBudget
+
+    return NameBudget(limits)

@@ -138,12 +138,14 @@ class Client:
 
     # ------------------------------------------------------------------ ingestion
 
-    def ingest(self, events: Iterable[Mapping[str, Any]]):
-        """Apply a batch of event dicts (as ``Engine.ingest``) -> IngestResult."""
+    def ingest(self, events: Iterable[Mapping[str, Any]], batch_id: str = ""):
+        """Apply a batch of event dicts (as ``Engine.ingest``) -> IngestResult. With a
+        ``batch_id``, a retry of the same batch is never applied twice (it gets the first
+        reply), so the call can be retried on any error."""
         from engine._batch import Rejection, events_from_dicts
 
         events = list(events)
-        batch = pb.EventBatch()
+        batch = pb.EventBatch(batch_id=batch_id)
         sent: list[int] = []
         local: list = []
         for i, ev in enumerate(events):
@@ -160,8 +162,10 @@ class Client:
         reply = self._call("Ingest", batch)
         return self._result(reply, local, sent)
 
-    def ingest_columns(self, user_id, type, timestamp_ms, value=None, properties=None):
-        """The columnar fast path (as ``Engine.ingest_columns``) -> IngestResult."""
+    def ingest_columns(self, user_id, type, timestamp_ms, value=None, properties=None,
+                       batch_id: str = ""):
+        """The columnar fast path (as ``Engine.ingest_columns``) -> IngestResult; ``batch_id``
+        as in :meth:`ingest`."""
         n = len(user_id)
         for name, col in (("type", type), ("timestamp_ms", timestamp_ms), ("value", value)):
             if col is not None and len(col) != n:
@@ -171,7 +175,7 @@ class Client:
                 raise ValueError(f'column properties["{name}"] has {len(col)} values but user_id has {n}')
         try:
             msg = codec.encode_columns(user_id, type, timestamp_ms, value, properties)
-            return self._result(self._call("Ingest", pb.EventBatch(columns=msg)))
+            return self._result(self._call("Ingest", pb.EventBatch(columns=msg, batch_id=batch_id)))
         except (TypeError, ValueError, OverflowError):
             pass
         # Some rows cannot be encoded: find them with the engine's validation, send the rest.
@@ -185,7 +189,8 @@ class Client:
             _take(user_id, keep), _take(type, keep), _take(timestamp_ms, keep),
             None if value is None else _take(value, keep),
             {k: _take(v, keep) for k, v in (properties or {}).items()})
-        return self._result(self._call("Ingest", pb.EventBatch(columns=msg)), local, keep)
+        return self._result(self._call("Ingest", pb.EventBatch(columns=msg, batch_id=batch_id)),
+                            local, keep)
 
     def ingest_stream(self, batches: Iterable[Mapping[str, Any]]):
         """Stream many columnar batches (dicts of ``ingest_columns`` arguments) in one call;
@@ -198,11 +203,12 @@ class Client:
     def set_traits(self, user_id: str, traits: Mapping[str, Any], timestamp_ms: int | None = None):
         return self.set_traits_many([(user_id, traits, timestamp_ms)])
 
-    def set_traits_many(self, updates: Iterable[tuple]):
-        """Several ``(user_id, traits, timestamp_ms)`` updates as one batch."""
+    def set_traits_many(self, updates: Iterable[tuple], batch_id: str = ""):
+        """Several ``(user_id, traits, timestamp_ms)`` updates as one batch (``batch_id`` as
+        in :meth:`ingest`)."""
         from engine._batch import Rejection, prepare_traits
 
-        batch = pb.TraitBatch()
+        batch = pb.TraitBatch(batch_id=batch_id)
         sent: list[int] = []
         local: list = []
         for i, upd in enumerate(list(updates)):
@@ -340,8 +346,11 @@ class Client:
 
     # ------------------------------------------------------------------ clock, stats, scale
 
-    def advance_clock(self, now_ms: int) -> int:
-        now = int(self._call("AdvanceClock", pb.ClockRequest(now_ms=int(now_ms))).now_ms)
+    def advance_clock(self, now_ms: int, allow_far_future: bool = False) -> int:
+        """Event clock: move ``now`` forward; beyond ``--max-future`` ahead of max(now, the
+        machine's clock) only with ``allow_far_future``."""
+        now = int(self._call("AdvanceClock", pb.ClockRequest(
+            now_ms=int(now_ms), allow_far_future=bool(allow_far_future))).now_ms)
         self._last_now_ms = max(self._last_now_ms, now)
         return now
 

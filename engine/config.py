@@ -61,6 +61,22 @@ def _positive_int(text: str) -> int:
     return n
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise ConfigError(f"must not be negative: {value}")
+    return value
+
+
+def _fsync(text: str) -> str:
+    if text not in ("always", "interval", "never"):
+        raise ConfigError(f"fsync must be always, interval or never, not {text!r}")
+    return text
+
+
 def _optional_str(text: str) -> str | None:
     return text or None
 
@@ -130,7 +146,58 @@ OPTIONS: tuple[_Option, ...] = (
             "pause of ingestion (larger populations go in slices)", "N"),
     _Option("allow_reset", "--allow-reset", _bool, False,
             "accept the Reset RPC, which forgets everything (for tests only)"),
+    _Option("fsync", "--fsync", _fsync, "interval",
+            "when the write-ahead log is fsynced: always (before each reply), interval (every "
+            "--fsync-interval-ms; a reply waits for the write only) or never (the OS decides)",
+            "always|interval|never"),
+    _Option("fsync_interval_ms", "--fsync-interval-ms", _positive_int, 10,
+            "--fsync interval: fsync the log this often while it has unsynced frames", "MS"),
+    _Option("snapshot_interval", "--snapshot-interval", str, "5m",
+            "write a snapshot (and cut the log) this often (0: only by log size and at shutdown)",
+            "DURATION"),
+    _Option("snapshot_log_mb", "--snapshot-log-mb", _non_negative_int, 256,
+            "also write a snapshot once this much log has been written since the last (0: off)",
+            "MB"),
+    _Option("batch_id_window", "--batch-id-window", _positive_int, 100_000,
+            "batch ids remembered (also across restarts): a retried batch with one of them is "
+            "not applied again", "N"),
+    _Option("max_future", "--max-future", str, "1d",
+            "refuse timestamps (and AdvanceClock) more than this ahead of max(now, machine clock)",
+            "DURATION"),
+    _Option("max_batch_events", "--max-batch-events", _positive_int, 1_000_000,
+            "events (or trait updates) in one batch, at most", "N"),
+    _Option("max_message_mb", "--max-message-mb", _positive_int, 64,
+            "largest gRPC message received, in MB", "MB"),
+    _Option("max_subscribers", "--max-subscribers", _positive_int, 1000,
+            "Subscribe streams open at once, at most", "N"),
+    _Option("max_queue_ops", "--max-queue-ops", _positive_int, 10_000,
+            "operations waiting in the gateway queue before new ones get RESOURCE_EXHAUSTED", "N"),
+    _Option("max_segments", "--max-segments", _positive_int, 10_000,
+            "segments defined at once, at most", "N"),
+    _Option("max_id_bytes", "--max-id-bytes", _positive_int, 1024,
+            "longest user id (UTF-8 bytes); longer ones are rejected per event", "N"),
+    _Option("max_name_bytes", "--max-name-bytes", _positive_int, 256,
+            "longest event type, property, trait or segment name (UTF-8 bytes)", "N"),
+    _Option("max_string_bytes", "--max-string-bytes", _positive_int, 65536,
+            "longest string property or trait value (UTF-8 bytes)", "N"),
+    _Option("max_properties_per_event", "--max-properties-per-event", _positive_int, 256,
+            "properties in one event, at most", "N"),
+    _Option("max_event_types", "--max-event-types", _positive_int, 1024,
+            "distinct event types in the engine, at most (each costs 8 bytes per user)", "N"),
+    _Option("max_properties_per_type", "--max-properties-per-type", _positive_int, 256,
+            "distinct property names per event type, at most", "N"),
+    _Option("max_traits", "--max-traits", _positive_int, 1024,
+            "distinct trait names in the engine, at most (each costs 8 bytes per user)", "N"),
+    _Option("max_expression_chars", "--max-expression-chars", _positive_int, 65536,
+            "longest segment expression, in characters", "N"),
+    _Option("max_expression_depth", "--max-expression-depth", _positive_int, 64,
+            "deepest nesting of a segment expression", "N"),
 )
+
+LIMIT_FIELDS = ("max_batch_events", "max_subscribers", "max_queue_ops", "max_segments",
+                "max_id_bytes", "max_name_bytes", "max_string_bytes", "max_properties_per_event",
+                "max_event_types", "max_properties_per_type", "max_traits",
+                "max_expression_chars", "max_expression_depth")
 
 
 @dataclass(frozen=True)
@@ -157,6 +224,27 @@ class ServerConfig:
     retrain_interval: str = "24h"
     model_slice_users: int = 50_000
     allow_reset: bool = False
+    fsync: str = "interval"
+    fsync_interval_ms: int = 10
+    snapshot_interval: str = "5m"
+    snapshot_log_mb: int = 256
+    batch_id_window: int = 100_000
+    max_future: str = "1d"
+    max_batch_events: int = 1_000_000
+    max_message_mb: int = 64
+    max_subscribers: int = 1000
+    max_queue_ops: int = 10_000
+    max_segments: int = 10_000
+    max_id_bytes: int = 1024
+    max_name_bytes: int = 256
+    max_string_bytes: int = 65536
+    max_properties_per_event: int = 256
+    max_event_types: int = 1024
+    max_properties_per_type: int = 256
+    max_traits: int = 1024
+    max_expression_chars: int = 65536
+    max_expression_depth: int = 64
+    shutdown_snapshot_s: float = 120.0
 
     def __post_init__(self) -> None:
         _clock(self.clock)
@@ -167,6 +255,9 @@ class ServerConfig:
             raise ConfigError(f"shards must be at least 1: {self.shards}")
         if not 1 <= self.max_events_per_type <= 4096:
             raise ConfigError(f"max_events_per_type must be between 1 and 4096: {self.max_events_per_type}")
+        _fsync(self.fsync)
+        parse_interval_ms(self.snapshot_interval, "--snapshot-interval")
+        parse_duration_ms(self.max_future)
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
 
@@ -183,6 +274,19 @@ class ServerConfig:
     def retrain_interval_ms(self) -> int:
         """0: no scheduled retraining."""
         return parse_interval_ms(self.retrain_interval, "--retrain-interval")
+
+    @property
+    def snapshot_interval_s(self) -> float:
+        """0: no snapshot by time."""
+        return parse_interval_ms(self.snapshot_interval, "--snapshot-interval") / 1000.0
+
+    def limits(self):
+        """The hard input limits of this server (``engine.limits``)."""
+        from engine.limits import Limits
+
+        return Limits(max_future_ms=parse_duration_ms(self.max_future),
+                      max_message_bytes=self.max_message_mb * 1024 * 1024,
+                      **{f: getattr(self, f) for f in LIMIT_FIELDS})
 
     @property
     def shard_count(self) -> int:

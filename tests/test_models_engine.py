@@ -387,12 +387,15 @@ def test_a_new_version_scored_in_slices_ends_where_one_pass_does():
         cores.append(eng)
     whole, sliced = cores
     whole.deploy_model("m", onnx2, feats)
-    core: ShardCore = sliced._core
-    dep = whole._models.deployment("m")
-    sliced._models.add(whole._models.registry.latest("m"))
-    core.deploy_model(dep, sliced.now_ms, score=False)
+    from engine.durability import frames as F
+
+    mv = whole._models.registry.latest("m")
+    sliced._models.add(mv)
+    deploy = F.Frame(F.MODEL_DEPLOY, sliced.now_ms, ("m", mv.version, False))
+    deploy.deployment = mv.deployment
+    sliced._run(deploy)
     for k in range(3):
-        sliced._emit(core.model_update("m", sliced.now_ms, (k, 3)))
+        sliced._run(F.Frame(F.MODEL_UPDATE, sliced.now_ms, ("m", (k, 3))))
     for name in ("s", "t"):
         assert sliced.members(name) == whole.members(name)
     key = lambda d: (d.segment, d.user_id, d.kind, d.cause)  # noqa: E731
@@ -404,6 +407,8 @@ def test_a_new_version_scored_in_slices_ends_where_one_pass_does():
 
 
 def test_a_rescore_in_slices_ends_where_one_pass_does():
+    from engine.durability import frames as F
+
     onnx, _ = tanh_logistic_onnx(1, seed=2, scale=[1.0])
     engines = []
     for _ in range(2):
@@ -417,7 +422,7 @@ def test_a_rescore_in_slices_ends_where_one_pass_does():
     whole, sliced = engines
     whole.rescore()
     for k in range(4):
-        sliced._emit(sliced._core.rescore(sliced.now_ms, (k, 4)))
+        sliced._run(F.Frame(F.RESCORE, sliced.now_ms, (k, 4)))
     assert sliced.members("s") == whole.members("s")
     key = lambda d: (d.segment, d.user_id, d.kind, d.cause)  # noqa: E731
     assert sorted(map(key, sliced.deltas())) == sorted(map(key, whole.deltas()))

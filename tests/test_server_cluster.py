@@ -117,3 +117,59 @@ def test_shards_run_on_both_nodes(cluster, tmp_path_factory):
             assert c.members("viewers") == set(users)
     finally:
         assert srv.stop() == 0, srv.stderr_tail()
+
+
+@pytest.fixture
+def doomed_cluster(tmp_path_factory):
+    """A head and a worker node of its own: the test stops the worker."""
+    logs = tmp_path_factory.mktemp("ray-nodes-doomed")
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    head_log = open(logs / "head.log", "w")
+    worker_log = open(logs / "worker.log", "w")
+    head = _ray_node("--head", f"--port={port}", "--include-dashboard=false", log=head_log)
+    worker = None
+    try:
+        time.sleep(5)
+        worker = _ray_node(f"--address={address}", log=worker_log)
+        deadline = time.monotonic() + 180
+        while _alive_nodes(address) < 2:
+            assert time.monotonic() < deadline, (logs / "head.log").read_text()[-3000:]
+            time.sleep(2)
+        yield address, worker
+    finally:
+        if worker is not None:
+            _stop(worker)
+        _stop(head)
+        head_log.close()
+        worker_log.close()
+
+
+def test_a_stopped_node_loses_no_data(doomed_cluster, tmp_path_factory):
+    """The worker node stops with shards on it: each lost shard is rebuilt on the node left
+    from the newest snapshot and the log, and every acknowledged event is still counted."""
+    from engine import Engine
+
+    address, worker = doomed_cluster
+    srv = start_server(tmp_path_factory, "--address", address, "--shards", "4", "--clock", "event",
+                       "--snapshot-interval", "1s", env=RAY_ENV)
+    ref = Engine(clock="event")
+    try:
+        with Client(srv.target, timeout_s=300) as c:
+            st = c.stats()
+            assert len({s["node"] for s in st["shard_stats"]}) == 2
+            for eng in (c, ref):
+                eng.create_segment("viewers", "count(view, 1d) >= 2")
+            users = [f"u{i}" for i in range(2000)]
+            for k in range(4):
+                cols = dict(user_id=users, type=["view"] * 2000,
+                            timestamp_ms=[T0 + k * 10_000 + i for i in range(2000)])
+                c.ingest_columns(**cols, batch_id=f"b{k}")
+                ref.ingest_columns(**cols)
+                if k == 1:
+                    _stop(worker)                  # the node and its shards are gone
+            assert c.members("viewers") == ref.members("viewers") == set(users)
+            assert c.stats()["durability"]["shard_restarts"] >= 1
+            assert c.deltas() == ref.deltas()
+    finally:
+        srv.stop()

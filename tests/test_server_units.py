@@ -22,9 +22,9 @@ from engine._pb import pb
 from engine.client import Client
 from engine.config import ServerConfig
 from engine.server import _codec as codec
-from engine.server._core_api import merge_delta_batches
+from engine.server._sequencer import merge_delta_batches
 from engine.server._errors import engine_error_from_rpc, status_of
-from engine.server._gateway import N_SLOTS, plan_moves, slot_of
+from engine.server._routing import N_SLOTS, plan_moves, slot_of
 
 T0 = 1_700_000_000_000
 
@@ -180,7 +180,7 @@ class LocalServer:
     """The real gRPC server and gateway with in-process shards (no Ray), in a thread."""
 
     def __init__(self, **overrides):
-        from engine.server._actor import LocalShard
+        from engine.server._shards import LocalShard
         from engine.server._app import run_server
 
         cfg = ServerConfig(**{"port": 0, "shards": 3, "clock": "event", "data_dir": "",
@@ -404,22 +404,23 @@ def test_reset_ends_old_subscriptions(local_server, client):
 def test_shard_host_runs_steps_and_reports_its_next_timer():
     from engine._batch import prepare_events
     from engine._segments import SegmentRegistry
-    from engine.server._actor import NO_TIMER_MS, STEP_ADVANCE, STEP_EVENTS, ShardHost
+    from engine._steps import Step
+    from engine.server._actor import NO_TIMER_MS, ShardHost
 
     day, hour = 86_400_000, 3_600_000
     host = ShardHost(0, {"retention_ms": 30 * day})
     assert host.next_due_ms() == NO_TIMER_MS
     defn = SegmentRegistry(30 * day).validate("recent", "count(v, 1h) >= 1", now_ms=T0)
-    host.call("create_segment", defn, T0)
+    host.run([(Step.CREATE_SEGMENT, defn, T0)])
     cols, _ = prepare_events(["a"], ["v"], [T0], now_ms=T0, retention_ms=30 * day, clock="event")
-    batches, due, rows = host.run([(STEP_EVENTS, cols, T0), (STEP_ADVANCE, None, T0 + 10)])
+    batches, due, rows = host.run([(Step.EVENTS, cols, T0), (Step.ADVANCE, None, T0 + 10)])
     assert [len(b) for b in batches] == [1, 0]
     assert T0 < due <= T0 + hour                     # the event leaves the window then
-    batches, due, rows = host.run([(STEP_ADVANCE, None, T0 + hour)])
+    batches, due, rows = host.run([(Step.ADVANCE, None, T0 + hour)])
     assert batches[0].user_ids == ["a"] and batches[0].kind.tolist() == [2]
     assert due == NO_TIMER_MS or due > T0 + hour
-    with pytest.raises(AttributeError):
-        host.call("__init__")
+    with pytest.raises(ValueError, match="unknown step kind"):
+        host.run([(99, None, T0 + hour)])
     assert host.host_stats()["events_applied"] == 1
 
 

@@ -1,9 +1,10 @@
-"""ShardActor: a thin Ray actor around ``ShardCore``.
+"""ShardHost: one shard's ``ShardCore`` behind typed methods; ``ShardActor`` is its Ray actor.
 
-The actor holds no logic of its own: the gateway decides the clock, the routing and the order
-of operations, and sends each shard one call per micro-batch round (``run``) holding every
-step of that round in order. ``ShardHost`` is the plain class (tested without Ray);
-``ShardActor`` is the Ray actor class made from it.
+The host holds no logic of its own: the gateway decides the clock, the routing and the order
+of operations, and sends each shard one ``run`` per micro-batch round holding every step of
+that round in order (steps: ``engine._steps``). Reads, slot moves and snapshots are methods of
+their own. ``engine.server._shards`` gives the gateway one typed client over either a Ray
+actor or a host in this process.
 """
 
 from __future__ import annotations
@@ -13,21 +14,6 @@ import socket
 import sys
 import time
 from typing import Any
-
-# Step kinds of a round; a step is (kind, payload, now_ms).
-STEP_EVENTS = 1     # payload: EventColumns
-STEP_TRAITS = 2     # payload: TraitColumns
-STEP_ADVANCE = 3    # payload: None
-STEP_RESCORE = 4    # payload: None (every user) or a slice (k, n); re-scored with every model (TIME)
-
-# ShardCore methods that the gateway may call through ``call``/``calls``.
-_CALLABLE = frozenset({
-    "create_segment", "replace_segment", "delete_segment", "preview", "members",
-    "segment_size", "user_view", "delete_user", "stats", "memory", "export_slots",
-    "import_state", "drop_slots", "advance", "next_due_ms",
-    "schema_summary", "training_data", "feature_values", "deploy_model", "rescore",
-    "drop_model", "model_update",
-})
 
 NO_TIMER_MS = 2**63 - 1
 
@@ -65,21 +51,15 @@ class ShardHost:
     def run(self, steps: list[tuple[int, Any, int]]) -> tuple[list, int, int]:
         """Apply the steps in order; -> (one DeltaBatch per step, next timer due in ms, user
         rows: an upper bound on this shard's users, for slicing work over them)."""
+        from engine._steps import Step, apply_step
+
         core = self.core
         out = []
         t0 = time.perf_counter()
         for kind, payload, now_ms in steps:
-            if kind == STEP_EVENTS:
-                out.append(core.apply_events(payload, now_ms))
+            out.append(apply_step(core, kind, payload, now_ms))
+            if kind == Step.EVENTS:
                 self.events_applied += len(payload.timestamp_ms)
-            elif kind == STEP_TRAITS:
-                out.append(core.apply_traits(payload, now_ms))
-            elif kind == STEP_ADVANCE:
-                out.append(core.advance(now_ms))
-            elif kind == STEP_RESCORE:
-                out.append(core.rescore(now_ms, payload or (0, 1)))
-            else:
-                raise ValueError(f"unknown step kind {kind}")
         self._apply_ms.append((time.perf_counter() - t0) * 1000.0)
         if len(self._apply_ms) > 4096:
             del self._apply_ms[:2048]
@@ -126,16 +106,59 @@ class ShardHost:
         KE._seen_by(core.nrows, len(core.type_names), core.arena, core.width, core.h, core.known,
                     t0 - day, t0, np.zeros(core.nrows, np.bool_))
 
-    def call(self, method: str, *args: Any) -> Any:
-        if method not in _CALLABLE:
-            raise AttributeError(f"ShardCore.{method} is not callable remotely")
-        if method == "next_due_ms":
-            return self.next_due_ms()
-        return getattr(self.core, method)(*args)
+    # ------------------------------------------------------------------ reads
 
-    def calls(self, calls: list[tuple[str, tuple]]) -> list:
-        """Several ``call``s in one round trip."""
-        return [self.call(m, *a) for m, a in calls]
+    def segment_sizes(self, names: list[str]) -> list[int]:
+        return [self.core.segment_size(n) for n in names]
+
+    def members(self, name: str) -> list[str]:
+        return self.core.members(name)
+
+    def user_view(self, user_id: str) -> dict:
+        return self.core.user_view(user_id)
+
+    def preview(self, defn, now_ms: int, sample: int) -> tuple[int, list[str]]:
+        return self.core.preview(defn, now_ms, sample)
+
+    def schema_summary(self) -> dict:
+        return self.core.schema_summary()
+
+    def training_data(self, features, spec, cutoff_ms: int, now_ms: int, with_ids: bool,
+                      part: tuple[int, int]) -> dict:
+        return self.core.training_data(features, spec, cutoff_ms, now_ms, with_ids, part)
+
+    # ------------------------------------------------------------------ slot moves
+
+    def export_slots(self, slots) -> dict:
+        return self.core.export_slots(slots)
+
+    def import_state(self, state: dict) -> int:
+        return self.core.import_state(state)
+
+    def drop_slots(self, slots) -> int:
+        return self.core.drop_slots(slots)
+
+    # ------------------------------------------------------------------ snapshots
+
+    def snapshot_part(self, tmp_dir: str, part: str) -> dict:
+        """Write this shard's whole state as part ``part`` of a snapshot being made in
+        ``tmp_dir`` -> the part's file info (size, checksum) for the manifest."""
+        from engine.durability import snapshot as S
+
+        arrays, meta = S.core_snapshot(self.core)
+        info = S.write_part(tmp_dir, part, arrays)
+        info["meta"] = meta
+        return info
+
+    def restore_part(self, core_kwargs: dict, snapshot_dir: str, part: str, meta: dict,
+                     defs: list, deployments: list) -> int:
+        """Start again from part ``part`` of a complete snapshot: a new core with the models
+        and segments (dependencies first) of the snapshot, then its users. -> users."""
+        from engine.durability.embedded import load_core
+
+        self.core = load_core(core_kwargs, snapshot_dir, part, meta, defs, deployments)
+        self.events_applied = 0
+        return len(self.core.users)
 
     def host_stats(self) -> dict:
         import numpy as np
@@ -175,31 +198,3 @@ def __getattr__(name: str):
     if name == "ShardActor":
         return shard_actor_class()
     raise AttributeError(name)
-
-
-class _LocalMethod:
-    __slots__ = ("_fn",)
-
-    def __init__(self, fn):
-        self._fn = fn
-
-    def remote(self, *args, **kwargs):
-        import asyncio
-
-        fut = asyncio.get_running_loop().create_future()
-        try:
-            fut.set_result(self._fn(*args, **kwargs))
-        except Exception as exc:  # noqa: BLE001 - delivered like a Ray task error
-            fut.set_exception(exc)
-        return fut
-
-
-class LocalShard:
-    """A ShardHost in this process behind the actor's ``handle.method.remote(...)`` interface
-    (awaitable results): the gateway without Ray, for tests and debugging."""
-
-    def __init__(self, shard_id: int, core_kwargs: dict[str, Any]):
-        self._host = ShardHost(shard_id, core_kwargs)
-
-    def __getattr__(self, name: str) -> _LocalMethod:
-        return _LocalMethod(getattr(self._host, name))

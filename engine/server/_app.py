@@ -22,7 +22,7 @@ from engine.server._servicer import SegmentEngineServicer
 log = logging.getLogger("rtseg.serve")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SegmentEngine"].full_name  # rtseg.v1.SegmentEngine
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+MAX_SEND_BYTES = 256 * 1024 * 1024
 SHUTDOWN_GRACE_S = 3.0
 READY_LINE = "rtseg serving on"
 
@@ -72,8 +72,8 @@ async def run_server(config: ServerConfig, *, on_ready: Callable[[int], None] | 
 
     interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
     server = grpc.aio.server(interceptors=interceptors, options=[
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", config.max_message_mb * 1024 * 1024),
+        ("grpc.max_send_message_length", MAX_SEND_BYTES),
         ("grpc.so_reuseport", 0),
     ])
     pb_grpc.add_SegmentEngineServicer_to_server(SegmentEngineServicer(gateway), server)
@@ -88,6 +88,13 @@ async def run_server(config: ServerConfig, *, on_ready: Callable[[int], None] | 
     await server.start()
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+
+    def set_health(serving: bool) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in (SERVICE_NAME, ""):
+            asyncio.ensure_future(health_servicer.set(name, status))
+    gateway.health_hook = set_health
     print(f"{READY_LINE} {config.host}:{port} (shards={config.shard_count}, clock={config.clock}"
           f"{', tls' if config.tls_cert else ''}{', token' if config.token else ''})",
           flush=True)

@@ -24,6 +24,8 @@ _STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (E.UnknownModel, grpc.StatusCode.NOT_FOUND),
     (E.ModelInUse, grpc.StatusCode.FAILED_PRECONDITION),
     (E.ClockError, grpc.StatusCode.FAILED_PRECONDITION),
+    (E.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (E.Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (E.SequenceTooOld, grpc.StatusCode.OUT_OF_RANGE),
     (E.ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
     (E.EngineError, grpc.StatusCode.FAILED_PRECONDITION),
@@ -50,7 +52,9 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     """Abort the call with the status that ``exc`` maps to (raises AbortError)."""
     code, message = status_of(exc)
-    cls_name = type(exc).__name__ if isinstance(exc, E.EngineError) else ""
+    # the nearest class the client knows (engine.errors), e.g. Overloaded for a subclass
+    cls_name = next((c.__name__ for c in type(exc).__mro__
+                     if isinstance(exc, E.EngineError) and getattr(E, c.__name__, None) is c), "")
     if cls_name:
         context.set_trailing_metadata(((ERROR_CLASS_KEY, cls_name),))
     await context.abort(code, message)

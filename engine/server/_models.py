@@ -115,17 +115,59 @@ class ModelService:
         self._retraining: set[str] = set()
         self._retrain_not_before: dict[str, int] = {}   # after a failed scheduled run
         self._tasks: set[asyncio.Task] = set()          # scheduled retraining runs
+        self._deployed: dict[str, int] = {}             # model -> version on the shards
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Deploy every model's latest version (kept in the data dir) to every shard."""
-        deps = self.catalog.deployments()
-        if deps:
-            async def run():
-                await self._deploy_to(self.gw.shards, deps, self.gw.now_ms)
-            await self.gw._barrier(run)
-            log.info("deployed %d model(s) from %s", len(deps), self.gw.config.data_dir)
+        """Deploy every model's latest version kept in the data dir that the shards do not
+        have yet (recovery restores the others)."""
+        todo = [mv for mv in self._latest_versions() if self._deployed.get(mv.name) != mv.version]
+        for mv in todo:
+            async def run(mv=mv):
+                return await self._add_and_deploy(mv, save=False)
+            await self._finish_slices(mv.name, await self.gw.rounds.barrier(run))
+        if todo:
+            log.info("deployed %d model(s) from %s", len(todo), self.gw.config.data_dir)
+
+    def _latest_versions(self) -> list:
+        reg = self.catalog._registry       # None: no model was ever made (scoring not imported)
+        return [reg.latest(name) for name in reg.names()] if reg is not None else []
+
+    # ------------------------------------------------------------------ durable state
+
+    def deployed_versions(self) -> dict[str, int]:
+        return dict(self._deployed)
+
+    def export_state(self) -> dict:
+        return {"last_rescore_ms": int(self.last_rescore_ms),
+                "rescore_parts": [list(p) for p in self._rescore_parts]}
+
+    def restore_state(self, state: dict, deployed: dict[str, int]) -> None:
+        self.last_rescore_ms = int(state.get("last_rescore_ms", self.gw.clock.now_ms))
+        self._rescore_parts = collections.deque(tuple(p) for p in state.get("rescore_parts", ()))
+        self._deployed = dict(deployed)
+
+    def replayed_deploy(self, frame) -> None:
+        self._deployed[frame.payload[0]] = int(frame.payload[1])
+
+    def replayed_drop(self, frame) -> None:
+        self._deployed.pop(frame.payload, None)
+
+    def replayed_rescore(self, frame) -> None:
+        """The re-scoring schedule as the logged frame left it."""
+        from engine.durability import frames as F
+
+        if frame.op == F.RESCORE:
+            self.last_rescore_ms = frame.now_ms
+            self._rescore_parts.clear()
+        if frame.rescore is not None:
+            k, n = frame.rescore
+            if k == 0:
+                self.last_rescore_ms = frame.now_ms
+                self._rescore_parts = collections.deque((j, n) for j in range(1, n))
+            elif self._rescore_parts and self._rescore_parts[0] == (k, n):
+                self._rescore_parts.popleft()
 
     async def schedule_loop(self) -> None:
         """Retrain models made by TrainModel once their last training is older than
@@ -134,7 +176,7 @@ class ModelService:
             await asyncio.sleep(SCHEDULE_CHECK_S)
             if not self.retrain_interval_ms:
                 continue
-            now = self.gw._now_for()
+            now = self.gw.clock.for_op()
             for report in self.catalog.reports():
                 name = report.name
                 if (name in self._retraining or now - report.trained_ms < self.retrain_interval_ms
@@ -172,6 +214,7 @@ class ModelService:
             self.catalog.remove(report.name)
         self._retrain_not_before.clear()
         self._rescore_parts.clear()
+        self._deployed.clear()
         self.last_rescore_ms = self.gw.now_ms
 
     # ------------------------------------------------------------------ re-scoring rule
@@ -196,32 +239,21 @@ class ModelService:
             if not self.rescore_pending(now_ms):
                 return None
             self.last_rescore_ms = now_ms
-            n = 1 if self.gw.clock == "event" else \
+            n = 1 if self.gw.clock.is_event else \
                 max(1, -(-self.users_hint // self.gw.config.model_slice_users))
             self._rescore_parts.extend((k, n) for k in range(n))
         return self._rescore_parts.popleft()
 
-    async def rescore_if_due(self) -> None:
-        """Inside a barrier, after an operation that appended deltas."""
-        now = self.gw.now_ms
-        part = self.next_rescore_part(now)
-        if part is not None:
-            await self._rescore_shards(now, part)
-
     async def rescore(self) -> tuple[int, int]:
         """Re-score every user now (the Rescore RPC): -> (deltas, now_ms)."""
-        async def run():
-            now = self.gw._now_for()
-            await self.gw._move_clock_barrier(now)
-            self.last_rescore_ms = now
-            self._rescore_parts.clear()          # everyone, now: nothing left of an earlier one
-            return await self._rescore_shards(now), now
-        return await self.gw._barrier(run)
+        from engine.durability import frames as F
 
-    async def _rescore_shards(self, now: int, part: tuple[int, int] = (0, 1)) -> int:
-        outs = await asyncio.gather(*[s.call.remote("rescore", now, part) for s in self.gw.shards])
-        await self.gw._append_deltas(list(outs))
-        return sum(len(o) for o in outs)
+        async def run():
+            frame = self.gw.frame(F.RESCORE, (0, 1))
+            self.last_rescore_ms = frame.now_ms
+            self._rescore_parts.clear()          # everyone, now: nothing left of an earlier one
+            return await self.gw.apply(frame), frame.now_ms
+        return await self.gw.rounds.barrier(run)
 
     # ------------------------------------------------------------------ reads
 
@@ -248,12 +280,12 @@ class ModelService:
         emit = progress or (lambda phase: None)
         name = spec.name
         async with self._name_locks[name], self._training:
-            epoch = self.gw._epoch
+            epoch = self.gw.sequencer.epoch
             emit("features")
-            plan, version, parts, slices = await self.gw._barrier(lambda: self._gather(spec))
+            plan, version, parts, slices = await self.gw.rounds.barrier(lambda: self._gather(spec))
             for k in range(1, slices):      # rounds of ingestion run between the slices
-                parts += await self.gw._barrier(lambda k=k: self._submit_slice(plan, k, slices))
-            if self.gw._ray_get is None:
+                parts += await self.gw.rounds.barrier(lambda k=k: self._submit_slice(plan, k, slices))
+            if not self.gw.is_ray:
                 dep, report = await self._learn_here(plan, version, parts, emit)
             else:
                 dep, report = await self._learn_in_ray(plan, version, parts, emit)
@@ -261,12 +293,12 @@ class ModelService:
             mv = ModelVersion(name, version, plan.spec, dep, report)
 
             async def run():
-                if epoch != self.gw._epoch:
+                if epoch != self.gw.sequencer.epoch:
                     raise _engine_error("the server was reset while the model trained")
                 if scheduled and name not in self.catalog:
                     return None, 1       # deleted while it retrained: stay deleted
                 return report, await self._add_and_deploy(mv)
-            out, slices = await self.gw._barrier(run)
+            out, slices = await self.gw.rounds.barrier(run)
             await self._finish_slices(name, slices)
             self._retrain_not_before.pop(name, None)
             return out
@@ -279,8 +311,8 @@ class ModelService:
         from engine._models import merge_schemas, plan_training
 
         gw = self.gw
-        now = gw._now_for()
-        schemas = await asyncio.gather(*[s.call.remote("schema_summary") for s in gw.shards])
+        now = gw.clock.for_op()
+        schemas = await gw.shards.each("schema_summary")
         plan = plan_training(spec, gw.retention_ms, now, merge_schemas(list(schemas)),
                              gw.registry)
         version = self.catalog.next_version(plan.spec.name)
@@ -290,9 +322,9 @@ class ModelService:
 
     async def _submit_slice(self, plan, k: int, slices: int) -> list:
         gw = self.gw
-        refs = [s.call.remote("training_data", list(plan.features), plan.spec, plan.cutoff_ms,
-                              plan.now_ms, False, (k, slices)) for s in gw.shards]
-        if gw._ray_get is None:
+        refs = [s.training_data(list(plan.features), plan.spec, plan.cutoff_ms, plan.now_ms,
+                                False, (k, slices)) for s in gw.shards]
+        if not gw.is_ray:
             refs = list(await asyncio.gather(*refs))
         return refs
 
@@ -339,81 +371,76 @@ class ModelService:
         async with self._name_locks[name]:
             features = validate_features(features, self.gw.retention_ms)
             version = self.catalog.next_version(name)
-            now = self.gw._now_for()
+            now = self.gw.clock.for_op()
             dep, report = await asyncio.to_thread(user_model, name, version, bytes(onnx),
                                                   features, now)
             mv = ModelVersion(name, version, None, dep, report)
 
             async def run():
                 return await self._add_and_deploy(mv)
-            await self._finish_slices(name, await self.gw._barrier(run))
+            await self._finish_slices(name, await self.gw.rounds.barrier(run))
             return report
 
-    async def _add_and_deploy(self, mv) -> int:
+    async def _add_and_deploy(self, mv, save: bool = True) -> int:
         """Inside a barrier: save the version, deploy it on every shard, append its deltas.
         A large population is scored in slices: here only the first; -> the number of
         slices (``_update_slice`` does the others, one barrier each)."""
+        from engine.durability import frames as F
+
         gw = self.gw
-        now = gw._now_for()
-        await gw._move_clock_barrier(now)
-        self.catalog.add(mv)   # on the loop: readers of the catalog never see it half-made
-        most = max((int(st.get("users", 0)) for st in
-                    await asyncio.gather(*[s.call.remote("schema_summary") for s in gw.shards])),
+        if save:
+            self.catalog.add(mv)   # on the loop: readers of the catalog never see it half-made
+        most = max((int(st.get("users", 0)) for st in await gw.shards.each("schema_summary")),
                    default=0)
         slices = max(1, -(-most // self.gw.config.model_slice_users))
-        if slices == 1:
-            await self._deploy_to(gw.shards, [mv.deployment], now, append=True)
-        else:
-            arg = self._shared(mv.deployment)
-            await asyncio.gather(*[s.call.remote("deploy_model", arg, now, False) for s in gw.shards])
-            await self._update_slice(mv.name, 0, slices)
-        await self.rescore_if_due()
+        deploy = gw.frame(F.MODEL_DEPLOY, (mv.name, int(mv.version), slices == 1))
+        deploy.deployment = mv.deployment
+        frames = [deploy]
+        if slices > 1:
+            frames.append(gw.frame(F.MODEL_UPDATE, (mv.name, (0, slices)), deploy.now_ms))
+        frames[-1].rescore = self.next_rescore_part(deploy.now_ms)
+        await gw.apply(*frames)
+        self._deployed[mv.name] = int(mv.version)
         return slices
 
     async def _update_slice(self, name: str, k: int, slices: int) -> None:
         """Inside a barrier: slice ``k`` of every shard's users scored by the new version."""
-        gw = self.gw
-        now = gw._now_for()
-        await gw._move_clock_barrier(now)
-        outs = await asyncio.gather(*[s.call.remote("model_update", name, now, (k, slices))
-                                      for s in gw.shards])
-        await gw._append_deltas(list(outs))
+        from engine.durability import frames as F
+
+        await self.gw.apply(self.gw.frame(F.MODEL_UPDATE, (name, (k, slices))))
 
     async def _finish_slices(self, name: str, slices: int) -> None:
         """The other slices of a new version, one barrier each: rounds of ingestion run in
         between, so a million users are never scored in one pause."""
         for k in range(1, slices):
-            await self.gw._barrier(lambda k=k: self._update_slice(name, k, slices))
+            await self.gw.rounds.barrier(lambda k=k: self._update_slice(name, k, slices))
 
-    async def _deploy_to(self, shards: list, deps: list, now: int, append: bool = False) -> None:
-        """Deploy each model on every given shard (in parallel over the shards)."""
-        for dep in deps:
-            arg = self._shared(dep)
-            outs = await asyncio.gather(*[s.call.remote("deploy_model", arg, now) for s in shards])
-            if append:
-                await self.gw._append_deltas(list(outs))
+    async def deploy_to_new_shards(self, clients: list) -> None:
+        """Scaling, inside its barrier: new (empty) shards get every model before any
+        segment (not logged: a snapshot follows every scaling)."""
+        from engine._steps import Step
 
-    def _shared(self, dep):
-        """A deployment travels to the shards once (an object ref) rather than once per shard."""
-        if self.gw._ray_get is None:
-            return dep
-        import ray
+        now = self.gw.applier.last_now
+        steps = [(Step.DEPLOY_MODEL, (dep, False), now) for dep in self._deployments()]
+        if steps:
+            await asyncio.gather(*[c.run(steps) for c in clients])
 
-        return ray.put(dep)
-
-    async def deploy_to_new_shards(self, handles: list) -> None:
-        """Scaling, inside its barrier: new shards get every model before any segment."""
-        await self._deploy_to(handles, self.catalog.deployments(), self.gw.now_ms)
+    def _deployments(self) -> list:
+        reg = self.catalog.registry
+        return [reg.get(name, v).deployment for name, v in sorted(self._deployed.items())]
 
     async def delete(self, name: str):
         """Forget a model and its versions -> its latest ModelReport. ModelInUse while a
         segment uses it."""
+        from engine.durability import frames as F
+
         async def run():
             self.catalog.check_delete(name, self.gw.registry)
-            await asyncio.gather(*[s.call.remote("drop_model", name) for s in self.gw.shards])
+            await self.gw.apply(self.gw.frame(F.MODEL_DROP, name))
+            self._deployed.pop(name, None)
             return self.catalog.remove(name)
         async with self._name_locks[name]:
-            return await self.gw._barrier(run)
+            return await self.gw.rounds.barrier(run)
 
 
 async def _wait_done(ref, fetch: bool = False):

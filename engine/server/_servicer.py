@@ -17,7 +17,8 @@ import grpc
 from engine._pb import pb, pb_grpc
 from engine.server import _codec as codec
 from engine.server._errors import abort_with
-from engine.server._gateway import Gateway, IngestResult
+from engine._engine import IngestResult
+from engine.server._gateway import Gateway
 
 log = logging.getLogger("rtseg.servicer")
 
@@ -87,7 +88,8 @@ class SegmentEngineServicer(pb_grpc.SegmentEngineServicer):
 
     @_unary
     async def Ingest(self, request, context):
-        return _reply(await self.gw.ingest(codec.batch_to_columns(request)))
+        return _reply(await self.gw.ingest(codec.batch_to_columns(request, self.gw.limits),
+                                           request.batch_id))
 
     @_unary
     async def IngestStream(self, request_iterator, context):
@@ -105,17 +107,31 @@ class SegmentEngineServicer(pb_grpc.SegmentEngineServicer):
             total.now_ms = part.now_ms
 
         offset = 0
+        index = 0
         try:
             async for batch in request_iterator:
-                cols = codec.batch_to_columns(batch)
-                pending.append((asyncio.ensure_future(self.gw.ingest(cols)), offset))
+                try:
+                    cols = codec.batch_to_columns(batch, self.gw.limits)
+                except Exception as exc:  # noqa: BLE001 - refused whole; say what came before
+                    while pending:
+                        await settle_one()
+                    text = (f"message {index} of the stream was refused: {exc}; the {index} "
+                            f"message(s) before it were applied ({total.accepted} events accepted, "
+                            f"{total.rejected} rejected): resend from message {index}")
+                    try:
+                        refused = type(exc)(text)
+                    except Exception:  # noqa: BLE001 - a class with another signature
+                        refused = ValueError(text)
+                    raise refused from None
+                pending.append((asyncio.ensure_future(self.gw.ingest(cols, batch.batch_id)), offset))
                 offset += len(cols["timestamp_ms"])
+                index += 1
                 while len(pending) >= STREAM_WINDOW:
                     await settle_one()
             while pending:
                 await settle_one()
         finally:
-            for task, _ in pending:
+            for task, _ in pending:     # the caller went away: queued batches still apply
                 task.cancel()
         return total
 
@@ -123,7 +139,7 @@ class SegmentEngineServicer(pb_grpc.SegmentEngineServicer):
     async def SetTraits(self, request, context):
         updates = [(u.user_id, {k: codec.value_from_pb(v) for k, v in u.traits.items()},
                     u.timestamp_ms or None) for u in request.updates]
-        return _reply(await self.gw.set_traits(updates))
+        return _reply(await self.gw.set_traits(updates, request.batch_id))
 
     # ------------------------------------------------------------------ segments
 
@@ -201,7 +217,8 @@ class SegmentEngineServicer(pb_grpc.SegmentEngineServicer):
 
     @_unary
     async def AdvanceClock(self, request, context):
-        return pb.ClockReply(now_ms=await self.gw.advance_clock(request.now_ms))
+        return pb.ClockReply(now_ms=await self.gw.advance_clock(request.now_ms,
+                                                                request.allow_far_future))
 
     @_unary
     async def GetStats(self, request, context):
@@ -216,6 +233,18 @@ class SegmentEngineServicer(pb_grpc.SegmentEngineServicer):
             first_sequence=st["first_sequence"], last_sequence=st["last_sequence"],
             subscribers=st["subscribers"], uptime_ms=st["uptime_ms"],
             retention_ms=st["retention_ms"])
+        if "log" in st:
+            lg, rec = st["log"], st["recovery"]
+            snap = rec.get("last_snapshot", {})
+            out.durability.CopyFrom(pb.Durability(
+                fsync=lg.get("fsync") or "", log_last_position=int(lg.get("last_lsn") or 0),
+                log_bytes=int(lg.get("bytes_written") or 0),
+                fsync_p99_ms=float(lg.get("fsync_p99_ms") or 0.0),
+                snapshot_position=int(snap.get("lsn") or 0),
+                snapshot_seconds=float(snap.get("seconds") or 0.0),
+                recovery_seconds=float(rec.get("seconds") or 0.0),
+                frames_replayed=int(rec.get("frames_replayed") or 0),
+                shard_restarts=int(rec.get("shard_restarts", 0))))
         for s in st["shard_stats"]:
             out.shard_stats.add(
                 shard=s["shard"], slots=s["slots"], users=int(s.get("users", 0)),

@@ -116,12 +116,14 @@ class ColumnarEvents(_message.Message):
     def __init__(self, count: _Optional[int] = ..., user_ids: _Optional[_Union[StringColumn, _Mapping]] = ..., types: _Optional[_Union[StringColumn, _Mapping]] = ..., timestamp_ms: _Optional[bytes] = ..., values: _Optional[bytes] = ..., properties: _Optional[_Iterable[_Union[PropertyColumn, _Mapping]]] = ...) -> None: ...
 
 class EventBatch(_message.Message):
-    __slots__ = ("events", "columns")
+    __slots__ = ("events", "columns", "batch_id")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[Event]
     columns: ColumnarEvents
-    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., columns: _Optional[_Union[ColumnarEvents, _Mapping]] = ...) -> None: ...
+    batch_id: str
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., columns: _Optional[_Union[ColumnarEvents, _Mapping]] = ..., batch_id: _Optional[str] = ...) -> None: ...
 
 class Rejection(_message.Message):
     __slots__ = ("index", "reason")
@@ -161,10 +163,12 @@ class TraitUpdate(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., traits: _Optional[_Mapping[str, Value]] = ..., timestamp_ms: _Optional[int] = ...) -> None: ...
 
 class TraitBatch(_message.Message):
-    __slots__ = ("updates",)
+    __slots__ = ("updates", "batch_id")
     UPDATES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     updates: _containers.RepeatedCompositeFieldContainer[TraitUpdate]
-    def __init__(self, updates: _Optional[_Iterable[_Union[TraitUpdate, _Mapping]]] = ...) -> None: ...
+    batch_id: str
+    def __init__(self, updates: _Optional[_Iterable[_Union[TraitUpdate, _Mapping]]] = ..., batch_id: _Optional[str] = ...) -> None: ...
 
 class SegmentSpec(_message.Message):
     __slots__ = ("name", "expression", "description")
@@ -434,10 +438,12 @@ class DeltaPage(_message.Message):
     def __init__(self, deltas: _Optional[_Iterable[_Union[Delta, _Mapping]]] = ...) -> None: ...
 
 class ClockRequest(_message.Message):
-    __slots__ = ("now_ms",)
+    __slots__ = ("now_ms", "allow_far_future")
     NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_FAR_FUTURE_FIELD_NUMBER: _ClassVar[int]
     now_ms: int
-    def __init__(self, now_ms: _Optional[int] = ...) -> None: ...
+    allow_far_future: bool
+    def __init__(self, now_ms: _Optional[int] = ..., allow_far_future: _Optional[bool] = ...) -> None: ...
 
 class ClockReply(_message.Message):
     __slots__ = ("now_ms",)
@@ -488,7 +494,7 @@ class ShardStats(_message.Message):
     def __init__(self, shard: _Optional[int] = ..., slots: _Optional[int] = ..., users: _Optional[int] = ..., events: _Optional[int] = ..., events_applied: _Optional[int] = ..., events_dropped: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., node: _Optional[str] = ..., apply_latency: _Optional[_Union[Latency, _Mapping]] = ...) -> None: ...
 
 class Stats(_message.Message):
-    __slots__ = ("events", "users", "segments", "shards", "shard_stats", "now_ms", "clock", "events_accepted", "events_rejected", "ingest_events_per_s", "ingest_latency", "round_latency", "first_sequence", "last_sequence", "subscribers", "uptime_ms", "retention_ms")
+    __slots__ = ("events", "users", "segments", "shards", "shard_stats", "now_ms", "clock", "events_accepted", "events_rejected", "ingest_events_per_s", "ingest_latency", "round_latency", "first_sequence", "last_sequence", "subscribers", "uptime_ms", "retention_ms", "durability")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     USERS_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
@@ -506,6 +512,7 @@ class Stats(_message.Message):
     SUBSCRIBERS_FIELD_NUMBER: _ClassVar[int]
     UPTIME_MS_FIELD_NUMBER: _ClassVar[int]
     RETENTION_MS_FIELD_NUMBER: _ClassVar[int]
+    DURABILITY_FIELD_NUMBER: _ClassVar[int]
     events: int
     users: int
     segments: int
@@ -523,7 +530,30 @@ class Stats(_message.Message):
     subscribers: int
     uptime_ms: int
     retention_ms: int
-    def __init__(self, events: _Optional[int] = ..., users: _Optional[int] = ..., segments: _Optional[int] = ..., shards: _Optional[int] = ..., shard_stats: _Optional[_Iterable[_Union[ShardStats, _Mapping]]] = ..., now_ms: _Optional[int] = ..., clock: _Optional[str] = ..., events_accepted: _Optional[int] = ..., events_rejected: _Optional[int] = ..., ingest_events_per_s: _Optional[float] = ..., ingest_latency: _Optional[_Union[Latency, _Mapping]] = ..., round_latency: _Optional[_Union[Latency, _Mapping]] = ..., first_sequence: _Optional[int] = ..., last_sequence: _Optional[int] = ..., subscribers: _Optional[int] = ..., uptime_ms: _Optional[int] = ..., retention_ms: _Optional[int] = ...) -> None: ...
+    durability: Durability
+    def __init__(self, events: _Optional[int] = ..., users: _Optional[int] = ..., segments: _Optional[int] = ..., shards: _Optional[int] = ..., shard_stats: _Optional[_Iterable[_Union[ShardStats, _Mapping]]] = ..., now_ms: _Optional[int] = ..., clock: _Optional[str] = ..., events_accepted: _Optional[int] = ..., events_rejected: _Optional[int] = ..., ingest_events_per_s: _Optional[float] = ..., ingest_latency: _Optional[_Union[Latency, _Mapping]] = ..., round_latency: _Optional[_Union[Latency, _Mapping]] = ..., first_sequence: _Optional[int] = ..., last_sequence: _Optional[int] = ..., subscribers: _Optional[int] = ..., uptime_ms: _Optional[int] = ..., retention_ms: _Optional[int] = ..., durability: _Optional[_Union[Durability, _Mapping]] = ...) -> None: ...
+
+class Durability(_message.Message):
+    __slots__ = ("fsync", "log_last_position", "log_bytes", "fsync_p99_ms", "snapshot_position", "snapshot_seconds", "recovery_seconds", "frames_replayed", "shard_restarts")
+    FSYNC_FIELD_NUMBER: _ClassVar[int]
+    LOG_LAST_POSITION_FIELD_NUMBER: _ClassVar[int]
+    LOG_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FSYNC_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_POSITION_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RECOVERY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    SHARD_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    fsync: str
+    log_last_position: int
+    log_bytes: int
+    fsync_p99_ms: float
+    snapshot_position: int
+    snapshot_seconds: float
+    recovery_seconds: float
+    frames_replayed: int
+    shard_restarts: int
+    def __init__(self, fsync: _Optional[str] = ..., log_last_position: _Optional[int] = ..., log_bytes: _Optional[int] = ..., fsync_p99_ms: _Optional[float] = ..., snapshot_position: _Optional[int] = ..., snapshot_seconds: _Optional[float] = ..., recovery_seconds: _Optional[float] = ..., frames_replayed: _Optional[int] = ..., shard_restarts: _Optional[int] = ...) -> None: ...
 
 class ScaleRequest(_message.Message):
     __slots__ = ("shards",)

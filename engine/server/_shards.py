@@ -1,0 +1,225 @@
+"""The gateway's typed interface to its shards: one client over a Ray actor, one in-process.
+
+Every method is a coroutine and returns what the ``ShardHost`` method of the same name returns.
+A shard that died raises :class:`ShardDown` (never a Ray exception), so the gateway decides in
+one place what a lost shard means. ``run_all`` sends one round's steps to every shard and
+collects the results (with Ray: one blocking ``ray.get`` in a helper thread, measured ~0.2 ms
+faster per round than awaiting each reference on the event loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from engine.errors import Unavailable
+
+RunResult = tuple[list, int, int]       # (one DeltaBatch per step, next timer due, user rows)
+
+
+class ShardDown(Unavailable):
+    """A shard actor died or cannot be reached (maps to UNAVAILABLE)."""
+
+    def __init__(self, index: int, cause: BaseException | str):
+        self.index = index
+        super().__init__(f"shard {index} is unavailable: {cause}")
+
+
+class ShardClient(Protocol):
+    index: int
+
+    async def ready(self) -> dict: ...
+    async def run(self, steps: list) -> RunResult: ...
+    async def segment_sizes(self, names: list[str]) -> list[int]: ...
+    async def members(self, name: str) -> list[str]: ...
+    async def user_view(self, user_id: str) -> dict: ...
+    async def preview(self, defn, now_ms: int, sample: int) -> tuple[int, list[str]]: ...
+    async def schema_summary(self) -> dict: ...
+    def training_data(self, *args) -> Any: ...     # a Ray ref (not fetched) or an awaitable
+    async def export_slots(self, slots) -> dict: ...
+    async def import_state(self, state: dict) -> int: ...
+    async def drop_slots(self, slots) -> int: ...
+    async def host_stats(self) -> dict: ...
+    async def reset(self, core_kwargs: dict) -> None: ...
+    async def snapshot_part(self, tmp_dir: str, part: str) -> dict: ...
+    async def restore_part(self, core_kwargs: dict, snapshot_dir: str, part: str, meta: dict,
+                           defs: list, deployments: list) -> int: ...
+    def kill(self) -> None: ...
+
+
+class LocalShard:
+    """A ShardHost in this process (tests, debugging): the gateway without Ray."""
+
+    is_ray = False
+
+    def __init__(self, index: int, core_kwargs: dict[str, Any]):
+        from engine.server._actor import ShardHost
+
+        self.index = index
+        self.host = ShardHost(index, core_kwargs)
+
+    def __getattr__(self, name: str):
+        fn = getattr(self.host, name)
+
+        async def call(*args):
+            return fn(*args)
+        return call
+
+    def training_data(self, *args):
+        return self.call_now("training_data", *args)
+
+    def call_now(self, name: str, *args):
+        fut = asyncio.get_running_loop().create_future()
+        try:
+            fut.set_result(getattr(self.host, name)(*args))
+        except Exception as exc:  # noqa: BLE001 - delivered like a Ray task error
+            fut.set_exception(exc)
+        return fut
+
+    def kill(self) -> None:
+        pass
+
+
+class RayShard:
+    """A ``ShardActor`` (Ray) behind the typed interface."""
+
+    is_ray = True
+
+    def __init__(self, index: int, handle):
+        self.index = index
+        self.handle = handle
+
+    def __getattr__(self, name: str):
+        method = getattr(self.handle, name)
+
+        async def call(*args):
+            try:
+                return await method.remote(*args)
+            except Exception as exc:  # noqa: BLE001
+                raise _translate(self.index, exc) from exc
+        return call
+
+    def training_data(self, *args):
+        return self.handle.training_data.remote(*args)
+
+    def kill(self) -> None:
+        import ray
+
+        try:
+            ray.kill(self.handle)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+
+def _translate(index: int, exc: BaseException) -> BaseException:
+    """Ray's errors for a lost actor -> ShardDown; a task's own error -> that error."""
+    try:
+        from ray.exceptions import (ActorDiedError, ActorUnavailableError, RayActorError,
+                                    RayTaskError)
+    except ImportError:  # pragma: no cover
+        return exc
+    if isinstance(exc, (ActorDiedError, ActorUnavailableError, RayActorError)):
+        return ShardDown(index, exc)
+    if isinstance(exc, RayTaskError):
+        cause = exc.as_instanceof_cause()
+        inner = getattr(exc, "cause", None)
+        return inner if isinstance(inner, BaseException) else cause
+    return exc
+
+
+class ShardSet:
+    """The shards of a gateway, in index order, with one-round helpers."""
+
+    def __init__(self):
+        self.clients: list = []
+        self._pool: ThreadPoolExecutor | None = None
+        # async (index, dead client) -> None: rebuild a lost shard (the gateway's recovery)
+        self.revive = None
+
+    def __len__(self) -> int:
+        return len(self.clients)
+
+    def __iter__(self):
+        return iter(self.clients)
+
+    def __getitem__(self, i):
+        return self.clients[i]
+
+    async def each(self, method: str, *args) -> list:
+        """``method(*args)`` on every shard at once -> results in shard order. A lost shard
+        is rebuilt (``revive``) and asked again, once."""
+        clients = list(self.clients)
+        got = await asyncio.gather(*[getattr(c, method)(*args) for c in clients],
+                                   return_exceptions=True)
+        out = []
+        for i, (c, g) in enumerate(zip(clients, got)):
+            if isinstance(g, ShardDown) and self.revive is not None:
+                await self.revive(i, c)
+                g = await getattr(self.clients[i], method)(*args)
+            elif isinstance(g, BaseException):
+                raise g
+            out.append(g)
+        return out
+
+    async def call(self, i: int, method: str, *args):
+        """``method(*args)`` on shard ``i`` (rebuilt and asked again once if lost)."""
+        c = self.clients[i]
+        try:
+            return await getattr(c, method)(*args)
+        except ShardDown:
+            if self.revive is None:
+                raise
+            await self.revive(i, c)
+            return await getattr(self.clients[i], method)(*args)
+
+    def submit_round(self, steps: list[list]) -> list:
+        """Start one round: shard ``i`` runs ``steps[i]`` (none when empty). -> handles for
+        :meth:`collect_round`."""
+        out = []
+        for c, st in zip(self.clients, steps):
+            if not st:
+                out.append(None)
+            elif c.is_ray:
+                out.append(c.handle.run.remote(st))
+            else:
+                out.append(c.call_now("run", st))
+        return out
+
+    async def collect_round(self, pending: list) -> list:
+        """Results of :meth:`submit_round`, in shard order (None where nothing ran); a shard
+        that failed gives its exception (ShardDown for a lost actor) in its place."""
+        idx = [i for i, p in enumerate(pending) if p is not None]
+        out: list = [None] * len(pending)
+        if not idx:
+            return out
+        if not self.clients[idx[0]].is_ray:
+            got = await asyncio.gather(*[pending[i] for i in idx], return_exceptions=True)
+            for i, g in zip(idx, got):
+                out[i] = g
+            return out
+        import ray
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(2, thread_name_prefix="rtseg-get")
+        loop = asyncio.get_running_loop()
+        refs = [pending[i] for i in idx]
+        try:
+            got = await loop.run_in_executor(self._pool, ray.get, refs)
+            for i, g in zip(idx, got):
+                out[i] = g
+        except Exception:  # noqa: BLE001 - find which shard failed, one by one
+            for i in idx:
+                try:
+                    out[i] = await loop.run_in_executor(self._pool, ray.get, pending[i])
+                except Exception as exc:  # noqa: BLE001
+                    out[i] = _translate(i, exc)
+        return out
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.kill()
+        self.clients = []
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None

@@ -1,0 +1,83 @@
+"""Subscriptions: readers of the delta log, each at its own cursor.
+
+A subscriber holds no buffer of its own: it reads the shared, bounded delta log from its
+cursor (``READ_BATCH`` at a time) and gRPC's flow control paces it, so a slow reader costs no
+memory; one that falls behind the log's retention ends with OUT_OF_RANGE (SequenceTooOld) and
+resumes from a re-read of the members. ``max_subscribers`` bounds how many may read at once.
+"""
+
+from __future__ import annotations
+
+from engine.errors import Overloaded, SequenceTooOld
+from engine.server._sequencer import Sequencer
+
+READ_BATCH = 4096            # deltas read from the log per subscriber wake-up
+
+
+class TooManySubscribers(Overloaded):
+    """Refused: the server has ``max_subscribers`` subscriptions open (RESOURCE_EXHAUSTED)."""
+
+
+class Subscriptions:
+    def __init__(self, sequencer: Sequencer, max_subscribers: int):
+        self.seq = sequencer
+        self.max_subscribers = max_subscribers
+        self.count = 0
+
+    def open(self, segments: list[str], after_sequence: int, from_oldest: bool = False,
+             retained_only: bool = False):
+        """-> (start, async iterator of lists of engine Deltas with sequence > start).
+
+        First the retained deltas after ``after_sequence`` (when > 0; with 0, live ones only,
+        or every retained one with ``from_oldest``), then live ones (none with
+        ``retained_only``). Raises SequenceTooOld when the start, or later a slow reader's
+        position, is no longer retained."""
+        log = self.seq.log
+        last = log.last_sequence
+        if after_sequence > last and retained_only:
+            return after_sequence, self._follow(None, after_sequence, after_sequence)
+        if after_sequence > last:
+            raise SequenceTooOld(
+                f"after_sequence {after_sequence} is ahead of the delta log (newest is {last}); "
+                "the server's delta log was reset: re-read the members and subscribe with 0")
+        if self.count >= self.max_subscribers:
+            raise TooManySubscribers(
+                f"the server has {self.count} subscriptions open (max_subscribers "
+                f"{self.max_subscribers}); close one or serve with a larger --max-subscribers")
+        if after_sequence == 0:
+            start = log.first_retained - 1 if from_oldest else last
+        else:
+            start = after_sequence
+            if after_sequence < last:
+                log.read(after_sequence, None, limit=1)   # raises SequenceTooOld
+        stop_at = last if retained_only else None
+        return start, self._follow(set(segments) or None, start, stop_at)
+
+    async def _follow(self, wanted, cursor: int, stop_at: int | None):
+        self.count += 1
+        seq = self.seq
+        epoch = seq.epoch
+        try:
+            while not seq.closed:
+                if epoch != seq.epoch:
+                    raise SequenceTooOld("the server was reset: its delta log starts again at 1")
+                log = seq.log
+                last = log.last_sequence
+                if stop_at is not None:
+                    if cursor >= stop_at:
+                        return
+                    last = min(last, stop_at)
+                if cursor >= last:
+                    await seq.wait_beyond(cursor, epoch)
+                    continue
+                items = log.read(cursor, wanted, limit=READ_BATCH)
+                if len(items) >= READ_BATCH:
+                    cursor = items[-1].sequence
+                else:
+                    cursor = last
+                if stop_at is not None and items and items[-1].sequence > stop_at:
+                    items = [d for d in items if d.sequence <= stop_at]
+                if items:
+                    yield items
+        finally:
+            self.count -= 1
