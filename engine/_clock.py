@@ -13,7 +13,6 @@ import time
 from .errors import ClockError, ConfigError
 
 CLOCKS = ("event", "wall")
-DEFAULT_MAX_FUTURE_MS = 86_400_000      # one day
 
 
 def wall_ms() -> int:
@@ -22,13 +21,16 @@ def wall_ms() -> int:
 
 class Clock:
     """``now`` of one engine. ``for_op()`` is the clock an operation is checked against;
-    ``after(max_ts)`` the clock once an operation with that largest timestamp is applied."""
+    ``after(max_ts)`` the clock once an operation with that largest timestamp is applied.
+    The future bound is ``engine.limits`` (one rule for events and AdvanceClock)."""
 
-    def __init__(self, kind: str = "event", max_future_ms: int = DEFAULT_MAX_FUTURE_MS):
+    def __init__(self, kind: str = "event", limits=None):
+        from .limits import DEFAULT_LIMITS
+
         if kind not in CLOCKS:
             raise ConfigError(f"clock must be 'event' or 'wall', not {kind!r}")
         self.kind = kind
-        self.max_future_ms = int(max_future_ms)
+        self.limits = limits or DEFAULT_LIMITS
         self.now_ms = 0 if kind == "event" else wall_ms()
 
     @property
@@ -50,20 +52,14 @@ class Clock:
             return before
         return max(before, int(max_ts))
 
-    def future_bound(self) -> int:
-        """Largest timestamp accepted now."""
-        return max(self.now_ms, wall_ms()) + self.max_future_ms
-
     def check_advance(self, target_ms: int, allow_far_future: bool = False) -> int:
         """AdvanceClock: -> the new ``now``. ClockError on the wall clock, or beyond the
         future bound without ``allow_far_future``."""
+        from .limits import check_clock_move
+
         if self.kind != "event":
             raise ClockError("advance_clock works with the event clock only (serve with --clock event)")
-        target = int(target_ms)
-        if not allow_far_future and target > self.future_bound():
-            raise ClockError(
-                f"advance_clock to {target} is more than max_future ({self.max_future_ms} ms) ahead of "
-                f"max(now, machine clock); pass allow_far_future to move there on purpose")
+        target = check_clock_move(target_ms, self.now_ms, self.limits, allow_far_future)
         return max(self.now_ms, target)
 
     def move(self, now_ms: int) -> None:

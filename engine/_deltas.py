@@ -21,6 +21,9 @@ CAUSE_NAMES = {
     CAUSE_SEGMENT_CREATED: "SEGMENT_CREATED", CAUSE_SEGMENT_DELETED: "SEGMENT_DELETED",
     CAUSE_MODEL_UPDATED: "MODEL_UPDATED", CAUSE_USER_DELETED: "USER_DELETED",
 }
+# names -> numbers (the proto's Kind and Cause enums have these numbers)
+KIND_NUMBERS = {name: number for number, name in KIND_NAMES.items()}
+CAUSE_NUMBERS = {name: number for number, name in CAUSE_NAMES.items()}
 
 
 @dataclass(frozen=True, slots=True)

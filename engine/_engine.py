@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from ._batch import Rejection, events_from_dicts, prepare_events, prepare_traits
-from ._clock import CLOCKS, DEFAULT_MAX_FUTURE_MS, Clock, wall_ms
+from ._clock import CLOCKS, Clock, wall_ms
 from ._deltas import Delta, DeltaBatch, DeltaLog
 from ._steps import apply_step
 from .durability import frames as F
@@ -65,7 +65,7 @@ class Engine:
                  max_events_per_type: int = 4096, delta_log_capacity: int = 1_000_000,
                  tick_interval_ms: int | None = None, data_dir: str | None = None,
                  rescore_interval: "str | int" = "1h", fsync: str = "interval",
-                 snapshot_interval: "str | int" = "5m", max_future: "str | int" = DEFAULT_MAX_FUTURE_MS,
+                 snapshot_interval: "str | int" = "5m", max_future: "str | int" = "1d",
                  limits=None):
         from .limits import Limits
 
@@ -76,7 +76,7 @@ class Engine:
         # 0 turns the scheduled re-scoring off (scores still follow every event)
         self.rescore_interval_ms = parse_interval_ms(rescore_interval, "rescore_interval")
         self.limits = limits or Limits(max_future_ms=parse_duration_ms(max_future, "max_future"))
-        self._clock = Clock(clock, self.limits.max_future_ms)
+        self._clock = Clock(clock, self.limits)
         self._names = _name_budget(self.limits)
         self.max_events_per_type = max_events_per_type
         self._core = ShardCore(self.retention_ms, max_events_per_type)

@@ -34,7 +34,6 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 START_SEQUENCE_KEY = "rtseg-start-sequence"
 _RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL,
                           grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED})
-_KIND_NAMES = {pb.ENTER: "ENTER", pb.EXIT: "EXIT"}
 _MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 
@@ -45,14 +44,13 @@ def _result_types():
     return IngestResult, SegmentInfo, Rejection
 
 
-_CAUSE_NAMES = {number: name for name, number in pb.Cause.items()}
 
 
 def delta_from_pb(d: "pb.Delta"):
-    from engine._deltas import Delta
+    from engine._deltas import CAUSE_NAMES, KIND_NAMES, Delta
 
-    return Delta(d.sequence, d.segment, d.user_id, _KIND_NAMES.get(d.kind, "KIND_UNSPECIFIED"),
-                 d.at_ms, _CAUSE_NAMES.get(d.cause, "CAUSE_UNSPECIFIED"))
+    return Delta(d.sequence, d.segment, d.user_id, KIND_NAMES.get(d.kind, "KIND_UNSPECIFIED"),
+                 d.at_ms, CAUSE_NAMES.get(d.cause, "CAUSE_UNSPECIFIED"))
 
 
 class Client:

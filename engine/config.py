@@ -51,24 +51,20 @@ def _port(text: str) -> int:
     return port
 
 
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise ConfigError(f"not an integer: {text!r}") from None
-    if n < 1:
-        raise ConfigError(f"must be at least 1: {n}")
-    return n
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise ConfigError(f"not an integer: {text!r}") from None
+        if n < minimum:
+            raise ConfigError(f"must be at least {minimum}: {n}")
+        return n
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise ConfigError(f"must not be negative: {value}")
-    return value
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
 
 
 def _fsync(text: str) -> str:

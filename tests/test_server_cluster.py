@@ -8,6 +8,7 @@ teardown stops exactly them (never a machine-wide ``ray stop``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -74,9 +75,9 @@ def _alive_nodes(address: str) -> int:
         return 0
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    logs = tmp_path_factory.mktemp("ray-nodes")
+@contextlib.contextmanager
+def two_nodes(logs):
+    """A head and a worker node in their own sessions -> (address, worker process)."""
     port = _free_port()
     address = f"127.0.0.1:{port}"
     head_log = open(logs / "head.log", "w")
@@ -90,13 +91,19 @@ def cluster(tmp_path_factory):
         while _alive_nodes(address) < 2:
             assert time.monotonic() < deadline, (logs / "head.log").read_text()[-3000:]
             time.sleep(2)
-        yield address
+        yield address, worker
     finally:
         if worker is not None:
             _stop(worker)
         _stop(head)
         head_log.close()
         worker_log.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with two_nodes(tmp_path_factory.mktemp("ray-nodes")) as (address, _):
+        yield address
 
 
 def test_shards_run_on_both_nodes(cluster, tmp_path_factory):
@@ -121,28 +128,9 @@ def test_shards_run_on_both_nodes(cluster, tmp_path_factory):
 
 @pytest.fixture
 def doomed_cluster(tmp_path_factory):
-    """A head and a worker node of its own: the test stops the worker."""
-    logs = tmp_path_factory.mktemp("ray-nodes-doomed")
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    head_log = open(logs / "head.log", "w")
-    worker_log = open(logs / "worker.log", "w")
-    head = _ray_node("--head", f"--port={port}", "--include-dashboard=false", log=head_log)
-    worker = None
-    try:
-        time.sleep(5)
-        worker = _ray_node(f"--address={address}", log=worker_log)
-        deadline = time.monotonic() + 180
-        while _alive_nodes(address) < 2:
-            assert time.monotonic() < deadline, (logs / "head.log").read_text()[-3000:]
-            time.sleep(2)
-        yield address, worker
-    finally:
-        if worker is not None:
-            _stop(worker)
-        _stop(head)
-        head_log.close()
-        worker_log.close()
+    """Two nodes of its own: the test stops the worker."""
+    with two_nodes(tmp_path_factory.mktemp("ray-nodes-doomed")) as nodes:
+        yield nodes
 
 
 def test_a_stopped_node_loses_no_data(doomed_cluster, tmp_path_factory):

@@ -161,7 +161,7 @@ def _restore(eng, ref, parts: dict) -> None:
     deltas_from_arrays(eng._log, meta["deltas"], arrays)
     eng._core = core
     eng.retention_ms = retention
-    eng._clock = Clock(eng.clock, eng.limits.max_future_ms)
+    eng._clock = Clock(eng.clock, eng.limits)
     eng._clock.move(int(meta["now_ms"]))
     eng._applied_now = int(meta["applied_now_ms"])
     for d in defs:

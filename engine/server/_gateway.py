@@ -53,7 +53,7 @@ class Gateway:
 
         self.config = config
         self.limits = config.limits()
-        self.clock = Clock(config.clock, self.limits.max_future_ms)
+        self.clock = Clock(config.clock, self.limits)
         self.retention_ms = config.retention_ms
         self.max_events_per_type = config.max_events_per_type
         self._actor_factory = actor_factory
@@ -423,7 +423,7 @@ class Gateway:
             raise ValueError("max_events_per_type must be between 1 and 4096")
 
         async def run():
-            self.clock = Clock(clock or self.clock.kind, self.limits.max_future_ms)
+            self.clock = Clock(clock or self.clock.kind, self.limits)
             self.retention_ms = int(retention_ms or self.retention_ms)
             self.max_events_per_type = int(max_events_per_type or self.max_events_per_type)
             await self.shards.each("reset", self.core_kwargs())

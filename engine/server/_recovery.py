@@ -197,7 +197,7 @@ async def _restore_snapshot(gw, ref) -> None:
     arrays = await asyncio.to_thread(S.read_part, ref.path, "gateway")
     gw.router.slot_map = np.asarray(arrays["slot_map"], np.int32).copy()
     deltas_from_arrays(gw.sequencer.log, meta["deltas"], arrays)
-    gw.clock = Clock(gw.config.clock, gw.limits.max_future_ms)
+    gw.clock = Clock(gw.config.clock, gw.limits)
     gw.clock.move(int(meta["now_ms"]))
     gw.applier.last_now = int(meta["applied_now_ms"])
     gw.registry = SegmentRegistry(retention_ms=gw.retention_ms, models=gw.models.catalog,

@@ -18,10 +18,6 @@ class Router:
     def __init__(self, shards: int = 1):
         self.slot_map = balanced_map(shards)
 
-    @property
-    def shards(self) -> int:
-        return int(self.slot_map.max()) + 1 if len(self.slot_map) else 0
-
     def reset(self, shards: int) -> None:
         self.slot_map = balanced_map(shards)
 

@@ -17,6 +17,7 @@ import grpc
 from engine._pb import pb, pb_grpc
 from engine.server import _codec as codec
 from engine.server._errors import abort_with
+from engine._deltas import CAUSE_NUMBERS, KIND_NUMBERS
 from engine._engine import IngestResult
 from engine.server._gateway import Gateway
 
@@ -25,8 +26,6 @@ log = logging.getLogger("rtseg.servicer")
 EXPORT_PAGE = 1000
 STREAM_WINDOW = 8            # IngestStream: batches queued before the oldest is answered
 START_SEQUENCE_KEY = "rtseg-start-sequence"
-_KIND = {"ENTER": pb.ENTER, "EXIT": pb.EXIT}
-_CAUSE = {name: pb.Cause.Value(name) for name in pb.Cause.keys()}
 
 
 def _unary(fn):
@@ -77,7 +76,8 @@ def _user_view_pb(user_id: str, view: dict) -> "pb.UserView":
 
 def delta_pb(d) -> "pb.Delta":
     return pb.Delta(sequence=d.sequence, segment=d.segment, user_id=d.user_id,
-                    kind=_KIND.get(d.kind, 0), at_ms=d.at_ms, cause=_CAUSE.get(d.cause, 0))
+                    kind=KIND_NUMBERS.get(d.kind, 0), at_ms=d.at_ms,
+                    cause=CAUSE_NUMBERS.get(d.cause, 0))
 
 
 class SegmentEngineServicer(pb_grpc.SegmentEngineServicer):
