@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.durability.files import fsync_dir
 from engine.errors import ModelError, UnknownModel
 from scoring.spec import CurvePoint, Deployment, ModelReport, ModelSpec
 
@@ -132,7 +133,7 @@ class ModelRegistry:
                 if path.exists():
                     doomed = self._models_dir / f".deleted-{uuid.uuid4().hex}"
                     os.replace(path, doomed)
-                    _fsync_dir(self._models_dir)
+                    fsync_dir(self._models_dir)
                     shutil.rmtree(doomed, ignore_errors=True)
             del self._models[name]
             return latest
@@ -160,9 +161,9 @@ class ModelRegistry:
             _write_file(tmp / "model.onnx", dep.onnx)
             _write_file(tmp / "report.json", json.dumps(mv.report.to_dict(), indent=1).encode())
             _write_file(tmp / "meta.json", json.dumps(meta, indent=1).encode())
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             os.rename(tmp, final)
-            _fsync_dir(model_dir)
+            fsync_dir(model_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -223,16 +224,3 @@ def _write_file(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)

@@ -98,7 +98,6 @@ class Cores:
         self.now = 0
         self.registry = SegmentRegistry(retention_ms, models=_Catalog(self.deps))
         self.cores = [self._core()]
-        self.deleted: set[str] = set()     # users deleted while only A existed
         self.moved: set[str] = set()       # segments with deltas once B exists
 
     def _core(self) -> ShardCore:
@@ -159,8 +158,6 @@ class Cores:
             self.now = max(self.now, op.now_ms)
             return self._each(lambda c: [_rows(c.advance(self.now)), _rows(c.rescore(self.now))])
         if isinstance(op, DeleteUser):
-            if len(self.cores) == 1:
-                self.deleted.add(op.user_id)
             return self._each(lambda c: [_rows(c.delete_user(op.user_id, self.now))])
         try:
             if isinstance(op, Create):
@@ -189,10 +186,6 @@ class Cores:
         if rest and not isinstance(a, str):
             self.moved.update(row[0] for batch in a for row in batch)
         for b in rest:
-            if self.deleted and not isinstance(a, str):
-                # a deleted user that comes back keeps its old row in A, gets a new one in B:
-                # deltas are ordered by row within a segment
-                a, b = [sorted(x) for x in a], [sorted(x) for x in b]
             assert b == a, f"after {op!r}"
 
     def check_final(self) -> None:

@@ -41,6 +41,7 @@ import crc32c
 import numpy as np
 
 from ..errors import EngineError, UnknownModel, UnknownSegment
+from engine.durability.files import fsync_dir
 
 FORMAT = 1
 WHOLE = "shard"             # the one part of a snapshot written by write_snapshot
@@ -259,14 +260,6 @@ def _check_name(name: str, what: str) -> None:
         raise ValueError(f"{what} name {name!r} must be 1-200 of A-Z a-z 0-9 _ . - and not start with '.'")
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _Checksummed:
     """A write-only file that keeps the size and CRC32C of what went through it. It has no
     ``seek``, so zipfile streams each member (sizes in data descriptors) instead of going
@@ -344,12 +337,12 @@ def finish_snapshot(root, tmp_dir, name: str, meta: dict, parts: dict[str, dict]
         json.dump(doc, f, indent=1, allow_nan=False)
         f.flush()
         os.fsync(f.fileno())
-    _fsync_path(tmp_dir)
+    fsync_dir(tmp_dir)
     final = root / name
     if final.exists():
         raise FileExistsError(f"snapshot {final} already exists")
     os.rename(tmp_dir, final)
-    _fsync_path(root)
+    fsync_dir(root)
     return final
 
 
@@ -481,7 +474,7 @@ def prune_snapshots(root, keep: int = 2) -> list[Path]:
     for p in old:
         doomed = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{p.name}-deleted-", dir=root))
         os.rename(p, doomed / p.name)
-        _fsync_path(root)
+        fsync_dir(root)
         shutil.rmtree(doomed, ignore_errors=True)
     return old
 

@@ -60,6 +60,7 @@ import msgpack
 import numpy as np
 
 from ..errors import EngineError
+from engine.durability.files import fsync_dir
 
 __all__ = [
     "FSYNC_POLICIES", "MAX_RECORD_BYTES", "LogClosed", "LogCorrupt", "LogScan", "SegmentFile",
@@ -367,14 +368,6 @@ def scan_log(directory: str | os.PathLike) -> LogScan:
 
 # ------------------------------------------------------------------------------------ writer
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 
 
@@ -472,7 +465,7 @@ class WriteAheadLog:
         path = self.directory / _segment_name(first_lsn)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self._segment_size = 0
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     # ------------------------------------------------------------------------- public API
 
@@ -595,7 +588,7 @@ class WriteAheadLog:
         for path in paths:  # oldest first, so a crash leaves a contiguous log
             path.unlink()
         if paths and self.fsync_policy != "never":
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         return paths
 
     def stats(self) -> dict[str, Any]:
