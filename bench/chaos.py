@@ -47,10 +47,21 @@ for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MK
 import numpy as np  # noqa: E402
 
 from bench import emit_json  # noqa: E402
-from bench.core_bench import prepare  # noqa: E402
+from bench.core_bench import _trait_updates  # noqa: E402
 from bench.workload import SEGMENTS, Workload, WorkloadConfig  # noqa: E402
 
 POLICIES = ("none", "never", "interval", "always")
+TRAIT_CHUNK = 50_000          # trait updates per SetTraits (a message stays far below 64 MB)
+
+
+def prepare(target, w: Workload, rows: np.ndarray, segments: dict[str, str]) -> None:
+    """Clock to the stream start, every user's traits (in chunks), the segments."""
+    target.advance_clock(w.config.start_ms)
+    updates = _trait_updates(w, rows)
+    for k in range(0, len(updates), TRAIT_CHUNK):
+        target.set_traits_many(updates[k:k + TRAIT_CHUNK])
+    for name, text in segments.items():
+        target.create_segment(name, text)
 
 
 def _log(msg: str) -> None:
@@ -144,6 +155,66 @@ def run_recovery(users: int, events: int, batch: int) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------- 2b. served
+
+def run_server_recovery(users: int, events: int, batch: int) -> dict:
+    """``rtseg serve --shards 2``: the stream's first 95 %, a graceful stop (a snapshot), a
+    start (restore only), the last 5 %, SIGKILL, a start (restore + log tail)."""
+    from engine.client import Client
+    from tests.test_server_support import ServerProcess
+
+    w = Workload(WorkloadConfig(users=users, events=events))
+    tmp = tempfile.mkdtemp(prefix="rtseg-chaos-served-")
+    args = ("--shards", "2", "--clock", "event", "--snapshot-interval", "0", "--snapshot-log-mb", "0",
+            "--rescore-interval", "0")
+    cut = int(events * 0.95)
+    out: dict = {"users": users, "shards": 2}
+
+    def start(label):
+        t0 = time.monotonic()
+        srv = ServerProcess(tmp, *args)
+        ready = time.monotonic() - t0
+        with Client(srv.target, timeout_s=600) as c:
+            d = c.stats().get("durability", {})
+        out[label] = {"ready_s": round(ready, 2), "recovery_s": d.get("recovery_seconds"),
+                      "restore_s": d.get("restore_seconds"), "replay_s": d.get("replay_seconds"),
+                      "frames_replayed": d.get("frames_replayed")}
+        _log(f"served {label}: {out[label]}")
+        return srv
+
+    srv = ServerProcess(tmp, *args)
+    try:
+        with Client(srv.target, timeout_s=600) as c:
+            prepare(c, w, np.arange(users), SEGMENTS)
+            t0 = time.perf_counter()
+            for k, b in enumerate(w.batches(batch, stop=cut)):
+                c.ingest_columns(**b.columns())
+                if k % 20 == 0:
+                    _log(f"served: {k * batch:,} events in {time.perf_counter() - t0:.0f} s")
+            out["ingest_events_per_s"] = round(cut / (time.perf_counter() - t0))
+        t0 = time.monotonic()
+        srv.stop(600)                                  # graceful: writes a snapshot
+        out["graceful_stop_s"] = round(time.monotonic() - t0, 2)
+        srv = start("restart_from_snapshot")
+        with Client(srv.target, timeout_s=600) as c:
+            for b in w.batches(batch, start=cut):
+                c.ingest_columns(**b.columns())
+            want = {s.name: s.size for s in c.list_segments()}
+            out["events_retained"] = c.stats()["events"]
+        os.killpg(srv.proc.pid, signal.SIGKILL)
+        srv.proc.wait(30)
+        srv.stop()
+        srv = start("restart_after_sigkill")
+        with Client(srv.target, timeout_s=600) as c:
+            out["same_segment_sizes"] = {s.name: s.size for s in c.list_segments()} == want
+    finally:
+        srv.stop(600)
+        shutil.rmtree(tmp, ignore_errors=True)
+    out["log_tail_events"] = events - cut
+    out["goal_s"] = 10.0
+    return out
+
+
 # ----------------------------------------------------------------------------- 3. faults
 
 def run_faults(users: int, events: int, batch: int, kills: int, shard_kills: int, seed: int = 9) -> dict:
@@ -164,6 +235,7 @@ def run_faults(users: int, events: int, batch: int, kills: int, shard_kills: int
     recoveries: list[dict] = []
     pos = 0
     created = False
+    shard_restarts = 0
     srv = ServerProcess(tmp, *args)
     try:
         while True:
@@ -182,7 +254,7 @@ def run_faults(users: int, events: int, batch: int, kills: int, shard_kills: int
                 if pos >= len(work):
                     stats = c.stats()
                     sizes = {s.name: s.size for s in c.list_segments()}
-                    shard_restarts = stats.get("durability", {}).get("shard_restarts", 0)
+                    shard_restarts += stats.get("durability", {}).get("shard_restarts", 0)
                     break
                 points.pop(0)
                 kind = faults.pop(0)
@@ -191,6 +263,7 @@ def run_faults(users: int, events: int, batch: int, kills: int, shard_kills: int
                     continue                        # the next batch finds it dead
                 import threading
 
+                shard_restarts += c.stats().get("durability", {}).get("shard_restarts", 0)
                 t = threading.Thread(target=_quietly, args=(c.ingest_columns,), kwargs=dict(
                     work[pos], batch_id=f"b{pos}"), daemon=True)
                 t.start()
@@ -247,14 +320,20 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     p.add_argument("--skip-faults", action="store_true")
     p.add_argument("--skip-recovery", action="store_true")
+    p.add_argument("--skip-served", action="store_true")
+    p.add_argument("--skip-cost", action="store_true")
     p.add_argument("--out")
     a = p.parse_args(argv)
     if a.quick:
         a.users, a.events, a.cost_users, a.cost_events = 20_000, 200_000, 10_000, 100_000
         a.fault_users, a.fault_events, a.batch = 2_000, 40_000, 5_000
     result: dict = {"machine": f"{os.cpu_count()} cores", "note": "shared, noisy machine"}
-    _log("cost of the log")
-    result["cost"] = run_cost(a.cost_users, a.cost_events, a.batch)
+    if not a.skip_cost:
+        _log("cost of the log")
+        result["cost"] = run_cost(a.cost_users, a.cost_events, a.batch)
+    if not a.skip_served:
+        _log("served recovery")
+        result["served_recovery"] = run_server_recovery(a.users, a.events, a.batch)
     if not a.skip_recovery:
         _log("recovery time")
         result["recovery"] = run_recovery(a.users, a.events, a.batch)
@@ -263,7 +342,8 @@ def main(argv=None) -> int:
         result["faults"] = run_faults(a.fault_users, a.fault_events, max(a.batch // 20, 1000),
                                       a.kills, a.shard_kills)
     emit_json(result, a.out)
-    bad = (not result["cost"]["same_membership"]
+    bad = ((not a.skip_cost and not result["cost"]["same_membership"])
+           or (not a.skip_served and not result["served_recovery"]["same_segment_sizes"])
            or (not a.skip_recovery and not result["recovery"]["same_membership"])
            or (not a.skip_faults and (result["faults"]["events_lost"] != 0
                                       or not result["faults"]["same_segment_sizes"])))

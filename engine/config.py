@@ -151,7 +151,7 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("snapshot_interval", "--snapshot-interval", str, "5m",
             "write a snapshot (and cut the log) this often (0: only by log size and at shutdown)",
             "DURATION"),
-    _Option("snapshot_log_mb", "--snapshot-log-mb", _non_negative_int, 256,
+    _Option("snapshot_log_mb", "--snapshot-log-mb", _non_negative_int, 64,
             "also write a snapshot once this much log has been written since the last (0: off)",
             "MB"),
     _Option("batch_id_window", "--batch-id-window", _positive_int, 100_000,
@@ -223,7 +223,7 @@ class ServerConfig:
     fsync: str = "interval"
     fsync_interval_ms: int = 10
     snapshot_interval: str = "5m"
-    snapshot_log_mb: int = 256
+    snapshot_log_mb: int = 64
     batch_id_window: int = 100_000
     max_future: str = "1d"
     max_batch_events: int = 1_000_000

@@ -121,6 +121,7 @@ def recover(eng) -> dict:
         except Exception as exc:  # noqa: BLE001 - corrupt: the one before
             log.warning("snapshot %s could not be restored (%s); trying the one before", ref.path, exc)
     after = used.lsn if used is not None else 0
+    restored_s = time.monotonic() - t0
     frames = events = 0
     expected = after + 1
     for lsn, frame in store.frames_after(after, eng.retention_ms):
@@ -138,6 +139,7 @@ def recover(eng) -> dict:
         frames += 1
         events += len(frame.payload) if frame.op == F.EVENTS else 0
     report = {"snapshot_lsn": after, "frames_replayed": frames, "events_replayed": events,
+              "restore_s": round(restored_s, 3), "replay_s": round(time.monotonic() - t0 - restored_s, 3),
               "seconds": round(time.monotonic() - t0, 3)}
     if used is not None or frames:
         log.info("engine recovered from %s: %s", store.root, report)

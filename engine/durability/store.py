@@ -49,8 +49,14 @@ class DurableStore:
         self.wal_dir.mkdir(parents=True, exist_ok=True)
         self.snap_dir.mkdir(parents=True, exist_ok=True)
         S.remove_stale_temp(self.snap_dir)
-        self.wal = WriteAheadLog(self.wal_dir, fsync=fsync, fsync_interval_ms=fsync_interval_ms,
-                                 segment_bytes=segment_bytes)
+        try:
+            self.wal = WriteAheadLog(self.wal_dir, fsync=fsync, fsync_interval_ms=fsync_interval_ms,
+                                     segment_bytes=segment_bytes)
+        except BlockingIOError:
+            from engine.errors import ConfigError
+
+            raise ConfigError(f"the data dir {self.root} is in use by another rtseg server or engine; "
+                              "give each one its own --data-dir") from None
         self.fsync = fsync
         self.bytes_at_snapshot = self._log_bytes()
 

@@ -68,7 +68,6 @@ async def run_server(config: ServerConfig, *, on_ready: Callable[[int], None] | 
     if config.data_dir:
         os.makedirs(config.data_dir, exist_ok=True)
     gateway = Gateway(config, actor_factory=actor_factory)
-    await gateway.start(config.shard_count)
 
     interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
     server = grpc.aio.server(interceptors=interceptors, options=[
@@ -86,6 +85,16 @@ async def run_server(config: ServerConfig, *, on_ready: Callable[[int], None] | 
     else:
         port = server.add_insecure_port(config.listen)
     await server.start()
+    # the port is open from here: NOT_SERVING (calls answer UNAVAILABLE) while the shards
+    # start and the data dir is recovered
+    for name in (SERVICE_NAME, ""):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    try:
+        await gateway.start(config.shard_count)
+    except BaseException:
+        await server.stop(0)
+        await gateway.stop()
+        raise
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
 

@@ -76,6 +76,7 @@ class Gateway:
         self._closed = False
         self._scale_lock = asyncio.Lock()
         self.recovering = False
+        self.ready = False                       # start() done: calls are served
         self._recover_lock = asyncio.Lock()
         self._recovered: dict[int, Any] = {}      # id(round) -> a rebuilt shard's result
         self.health_hook: Callable[[bool], Any] | None = None
@@ -124,6 +125,13 @@ class Gateway:
             self._tasks.append(asyncio.ensure_future(_recovery.snapshot_loop(self)))
         if restored and len(self.shards) != shards:
             await self.scale(shards)
+        self.ready = True
+
+    def check_ready(self) -> None:
+        from engine.errors import Unavailable
+
+        if not self.ready:
+            raise Unavailable("the server is starting (recovering its data dir); retry shortly")
 
     async def stop(self) -> None:
         from engine.server import _recovery

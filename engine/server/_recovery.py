@@ -141,10 +141,12 @@ async def recover(gw, shards: int) -> bool:
         if restored_from is None:
             await _fresh(gw, shards)
         after = restored_from.lsn if restored_from is not None else 0
+        restored_s = time.monotonic() - t0
         replayed, events = (await _replay(gw, after)) if store is not None else (0, 0)
         took = time.monotonic() - t0
         gw.recovery.update(snapshot_lsn=after, frames_replayed=replayed, events_replayed=events,
-                           seconds=round(took, 3),
+                           seconds=round(took, 3), restore_s=round(restored_s, 3),
+                           replay_s=round(took - restored_s, 3),
                            snapshot=str(restored_from.path) if restored_from else "")
         if restored_from is not None or replayed:
             log.info("recovered in %.2f s: snapshot at %d, %d frames (%d events) replayed, "

@@ -34,6 +34,7 @@ def _unary(fn):
     @functools.wraps(fn)
     async def wrapper(self, request, context):
         try:
+            self.gw.check_ready()
             return await fn(self, request, context)
         except grpc.aio.AbortError:
             raise
@@ -172,6 +173,7 @@ class SegmentEngineServicer(pb_grpc.SegmentEngineServicer):
 
     async def ExportSegment(self, request, context):
         try:
+            self.gw.check_ready()
             parts = await self.gw.members(request.name)
         except Exception as exc:  # noqa: BLE001
             await abort_with(context, exc)
@@ -193,6 +195,7 @@ class SegmentEngineServicer(pb_grpc.SegmentEngineServicer):
     # ------------------------------------------------------------------ deltas, clock, stats
 
     async def _pages(self, request, context):
+        self.gw.check_ready()
         start, stream = self.gw.open_subscription(
             list(request.segments), request.after_sequence, request.from_oldest,
             request.retained_only)
@@ -244,6 +247,8 @@ class SegmentEngineServicer(pb_grpc.SegmentEngineServicer):
                 snapshot_seconds=float(snap.get("seconds") or 0.0),
                 recovery_seconds=float(rec.get("seconds") or 0.0),
                 frames_replayed=int(rec.get("frames_replayed") or 0),
+                restore_seconds=float(rec.get("restore_s") or 0.0),
+                replay_seconds=float(rec.get("replay_s") or 0.0),
                 shard_restarts=int(rec.get("shard_restarts", 0))))
         for s in st["shard_stats"]:
             out.shard_stats.add(
@@ -265,6 +270,7 @@ class SegmentEngineServicer(pb_grpc.SegmentEngineServicer):
         t0 = time.monotonic()
         phases: asyncio.Queue = asyncio.Queue()
         try:
+            self.gw.check_ready()
             spec = codec.spec_from_pb(request)
         except Exception as exc:  # noqa: BLE001
             await abort_with(context, exc)

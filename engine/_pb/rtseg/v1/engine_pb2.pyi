@@ -534,7 +534,7 @@ class Stats(_message.Message):
     def __init__(self, events: _Optional[int] = ..., users: _Optional[int] = ..., segments: _Optional[int] = ..., shards: _Optional[int] = ..., shard_stats: _Optional[_Iterable[_Union[ShardStats, _Mapping]]] = ..., now_ms: _Optional[int] = ..., clock: _Optional[str] = ..., events_accepted: _Optional[int] = ..., events_rejected: _Optional[int] = ..., ingest_events_per_s: _Optional[float] = ..., ingest_latency: _Optional[_Union[Latency, _Mapping]] = ..., round_latency: _Optional[_Union[Latency, _Mapping]] = ..., first_sequence: _Optional[int] = ..., last_sequence: _Optional[int] = ..., subscribers: _Optional[int] = ..., uptime_ms: _Optional[int] = ..., retention_ms: _Optional[int] = ..., durability: _Optional[_Union[Durability, _Mapping]] = ...) -> None: ...
 
 class Durability(_message.Message):
-    __slots__ = ("fsync", "log_last_position", "log_bytes", "fsync_p99_ms", "snapshot_position", "snapshot_seconds", "recovery_seconds", "frames_replayed", "shard_restarts")
+    __slots__ = ("fsync", "log_last_position", "log_bytes", "fsync_p99_ms", "snapshot_position", "snapshot_seconds", "recovery_seconds", "frames_replayed", "shard_restarts", "restore_seconds", "replay_seconds")
     FSYNC_FIELD_NUMBER: _ClassVar[int]
     LOG_LAST_POSITION_FIELD_NUMBER: _ClassVar[int]
     LOG_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -544,6 +544,8 @@ class Durability(_message.Message):
     RECOVERY_SECONDS_FIELD_NUMBER: _ClassVar[int]
     FRAMES_REPLAYED_FIELD_NUMBER: _ClassVar[int]
     SHARD_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_SECONDS_FIELD_NUMBER: _ClassVar[int]
     fsync: str
     log_last_position: int
     log_bytes: int
@@ -553,7 +555,9 @@ class Durability(_message.Message):
     recovery_seconds: float
     frames_replayed: int
     shard_restarts: int
-    def __init__(self, fsync: _Optional[str] = ..., log_last_position: _Optional[int] = ..., log_bytes: _Optional[int] = ..., fsync_p99_ms: _Optional[float] = ..., snapshot_position: _Optional[int] = ..., snapshot_seconds: _Optional[float] = ..., recovery_seconds: _Optional[float] = ..., frames_replayed: _Optional[int] = ..., shard_restarts: _Optional[int] = ...) -> None: ...
+    restore_seconds: float
+    replay_seconds: float
+    def __init__(self, fsync: _Optional[str] = ..., log_last_position: _Optional[int] = ..., log_bytes: _Optional[int] = ..., fsync_p99_ms: _Optional[float] = ..., snapshot_position: _Optional[int] = ..., snapshot_seconds: _Optional[float] = ..., recovery_seconds: _Optional[float] = ..., frames_replayed: _Optional[int] = ..., shard_restarts: _Optional[int] = ..., restore_seconds: _Optional[float] = ..., replay_seconds: _Optional[float] = ...) -> None: ...
 
 class ScaleRequest(_message.Message):
     __slots__ = ("shards",)
