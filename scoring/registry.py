@@ -48,6 +48,9 @@ def model_dir_name(name: str) -> str:
     return f"{slug}-{digest}"
 
 
+TRASH = ".trash"
+
+
 class ModelRegistry:
     """Every model's versions; with a ``root``, persisted as they are saved."""
 
@@ -55,6 +58,7 @@ class ModelRegistry:
         self.root = None if root is None else Path(root)
         self._models: dict[str, dict[int, ModelVersion]] = {}
         self._high: dict[str, int] = {}  # survives delete, so a re-created model never reuses a version
+        self._trash: dict[str, dict[int, ModelVersion]] = {}   # deleted, still needed by the log
         self._lock = threading.RLock()
         if self.root is not None:
             self._models_dir.mkdir(parents=True, exist_ok=True)
@@ -125,18 +129,47 @@ class ModelRegistry:
             self._high[mv.name] = max(self._high.get(mv.name, 0), mv.version)
 
     def delete(self, name: str) -> ModelVersion:
-        """Forget every version of ``name`` (and remove them from disk); returns the latest."""
+        """Forget every version of ``name``; returns the latest. On disk the versions move to
+        ``models/.trash/`` rather than away: the write-ahead log may still hold frames that
+        deploy them, which a restart replays until a snapshot covers them
+        (:meth:`purge_trash`)."""
         with self._lock:
             latest = self.latest(name)
             if self.root is not None:
                 path = self._models_dir / model_dir_name(name)
                 if path.exists():
-                    doomed = self._models_dir / f".deleted-{uuid.uuid4().hex}"
-                    os.replace(path, doomed)
+                    trash = self._models_dir / TRASH
+                    trash.mkdir(exist_ok=True)
+                    os.replace(path, trash / f"{model_dir_name(name)}-{uuid.uuid4().hex}")
+                    fsync_dir(trash)
                     fsync_dir(self._models_dir)
-                    shutil.rmtree(doomed, ignore_errors=True)
-            del self._models[name]
+            for v, mv in self._models.pop(name).items():
+                self._trash.setdefault(name, {})[v] = mv
             return latest
+
+    def version_for_replay(self, name: str, version: int) -> ModelVersion:
+        """A version, also one deleted since (kept until a snapshot covers its frames)."""
+        with self._lock:
+            found = self._models.get(name, {}).get(version) or self._trash.get(name, {}).get(version)
+            if found is None:
+                raise UnknownModel(f"model {name!r} version {version} is neither kept nor deleted "
+                                   "recently (a log frame needs it)")
+            return found
+
+    def purge_trash(self, older_than: float) -> int:
+        """Remove deleted versions moved to the trash before ``older_than`` (a time): every
+        snapshot kept is newer, so no frame to replay needs them. -> directories removed."""
+        if self.root is None:
+            return 0
+        trash = self._models_dir / TRASH
+        if not trash.is_dir():
+            return 0
+        n = 0
+        for d in list(trash.iterdir()):
+            if d.stat().st_mtime < older_than:
+                shutil.rmtree(d, ignore_errors=True)
+                n += 1
+        return n
 
     # ------------------------------------------------------------------ disk
 
@@ -173,6 +206,18 @@ class ModelRegistry:
         """A registry with every version found under ``root`` (a version that cannot be read
         is logged and skipped; leftovers of interrupted writes are removed)."""
         reg = cls(root)
+        trash = reg._models_dir / TRASH
+        for model_dir in sorted(trash.iterdir()) if trash.is_dir() else ():
+            for vdir in sorted(model_dir.iterdir()):
+                m = _VERSION_DIR.match(vdir.name)
+                if m and vdir.is_dir():
+                    try:
+                        mv = _read_version(vdir, int(m.group(1)))
+                    except Exception as e:  # noqa: BLE001
+                        log.warning("skipping unreadable deleted model version %s: %s", vdir, e)
+                        continue
+                    reg._trash.setdefault(mv.name, {})[mv.version] = mv
+                    reg._high[mv.name] = max(reg._high.get(mv.name, 0), mv.version)
         for model_dir in sorted(reg._models_dir.iterdir()):
             if model_dir.name.startswith(_TEMP_PREFIXES):
                 shutil.rmtree(model_dir, ignore_errors=True)

@@ -274,3 +274,28 @@ def test_batch_ids_are_applied_once_also_after_a_restart(tmp_path):
             assert c.members("v6") == {"a"}
     finally:
         srv.stop()
+
+
+def test_a_model_deleted_after_the_last_snapshot_does_not_stop_a_restart(tmp_path):
+    """The log still deploys the model (before its deletion): its files stay in the model
+    registry's trash until snapshots cover those frames."""
+    from tests.test_models_engine import tanh_logistic_onnx
+
+    eng = new_engine(tmp_path)
+    eng.ingest([{"user_id": f"u{i}", "type": "view", "timestamp_ms": T0 + i} for i in range(20)])
+    eng.snapshot()
+    onnx, _ = tanh_logistic_onnx(1, seed=3)
+    eng.deploy_model("m", onnx, ["count(view, 1d)"])
+    eng.create_segment("scored", 'score("m") >= 0.0')
+    assert len(eng.members("scored")) == 20
+    eng.delete_segment("scored")
+    eng.delete_model("m")
+    eng.ingest([{"user_id": "late", "type": "view", "timestamp_ms": T0 + 100} for _ in range(2)])
+    abandon(eng)
+    eng2 = new_engine(tmp_path)                  # replays the deployment, the deletions
+    assert eng2.list_models() == [] and "scored" not in {s.name for s in eng2.list_segments()}
+    assert "late" in eng2.members("viewers")
+    eng2.snapshot()
+    eng2.snapshot()                              # two snapshots past the deletion: purged
+    assert not any((tmp_path / "models" / ".trash").iterdir())
+    eng2.close()

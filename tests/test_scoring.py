@@ -587,9 +587,14 @@ def test_registry_round_trip(tmp_path):
 
     removed = again.delete("Churn 14d")
     assert removed.version == 2 and "Churn 14d" not in again
-    assert len(list((tmp_path / "models").iterdir())) == len(NAMES) - 1
+    kept = [p for p in (tmp_path / "models").iterdir() if not p.name.startswith(".")]
+    assert len(kept) == len(NAMES) - 1            # the deleted one waits in models/.trash
     assert again.next_version("Churn 14d") == 3  # a re-created model never reuses a version
-    assert "Churn 14d" not in ModelRegistry.load(tmp_path)
+    reloaded = ModelRegistry.load(tmp_path)
+    assert "Churn 14d" not in reloaded and reloaded.next_version("Churn 14d") == 3
+    assert reloaded.version_for_replay("Churn 14d", 2) == removed
+    assert reloaded.purge_trash(older_than=float("inf")) == 1
+    assert "Churn 14d" not in ModelRegistry.load(tmp_path)._trash
 
 
 def test_registry_errors_and_leftovers(tmp_path, caplog):

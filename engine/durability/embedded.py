@@ -100,6 +100,8 @@ def snapshot(eng) -> dict:
     except BaseException:
         store.abandon_snapshot(tmp)
         raise
+    if eng._models._registry is not None:      # deleted models no frame to replay needs
+        eng._models._registry.purge_trash(store.oldest_snapshot_time())
     return {"lsn": int(lsn), "seconds": round(time.monotonic() - t0, 3), "path": str(path)}
 
 
@@ -131,7 +133,7 @@ def recover(eng) -> dict:
         expected += 1
         if frame.op == F.MODEL_DEPLOY:
             name, version, _ = frame.payload
-            frame.deployment = eng._models.registry.get(name, version).deployment
+            frame.deployment = eng._models.registry.version_for_replay(name, version).deployment
         eng._clock.move(frame.now_ms)
         if frame.op in (F.EVENTS, F.TRAITS) and eng._names is not None:
             eng._names.note_columns(frame.payload, events=frame.op == F.EVENTS)
@@ -154,7 +156,7 @@ def _restore(eng, ref, parts: dict) -> None:
         raise ValueError(f"snapshot format {meta.get('format')!r} is not {META_FORMAT}")
     retention = int(meta["retention_ms"])
     defs = [F.segment_from_record(r, retention) for r in meta["segments"]]
-    deps = [eng._models.registry.get(n, int(v)).deployment for n, v in meta["models"]]
+    deps = [eng._models.registry.version_for_replay(n, int(v)).deployment for n, v in meta["models"]]
     core = load_core({"retention_ms": retention, "max_events_per_type": int(meta["max_events_per_type"])},
                      str(ref.path), CORE_PART, parts.get(CORE_PART, {}), defs, deps)
     from engine.durability import snapshot as S

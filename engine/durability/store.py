@@ -138,6 +138,12 @@ class DurableStore:
         self.bytes_at_snapshot = self._log_bytes()
         return path
 
+    def oldest_snapshot_time(self) -> float:
+        """When the oldest kept snapshot was written (0: none): anything deleted before it
+        is needed by no frame that a restart may replay."""
+        kept = self.snapshots()
+        return min((k.path.stat().st_mtime for k in kept), default=0.0)
+
     def abandon_snapshot(self, tmp: Path) -> None:
         import shutil
 

@@ -141,4 +141,4 @@ class FrameApplier:
 def frame_deployment(gateway, frame: F.Frame) -> Any:
     """A replayed MODEL_DEPLOY frame's Deployment, from the model registry on disk."""
     name, version, _ = frame.payload
-    return gateway.models.catalog.registry.get(name, version).deployment
+    return gateway.models.catalog.registry.version_for_replay(name, version).deployment

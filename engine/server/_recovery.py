@@ -54,6 +54,8 @@ async def snapshot_now(gw) -> dict:
     except BaseException:
         store.abandon_snapshot(tmp)
         raise
+    if gw.models.catalog._registry is not None:   # deleted models no frame to replay needs
+        gw.models.catalog._registry.purge_trash(store.oldest_snapshot_time())
     took = time.monotonic() - t0
     gw.recovery["last_snapshot"] = {"lsn": int(lsn), "seconds": round(took, 3), "path": str(path)}
     log.info("snapshot at log position %d in %.2f s: %s", lsn, took, path)
@@ -186,7 +188,8 @@ async def _restore_snapshot(gw, ref) -> None:
     gw.retention_ms = int(meta["retention_ms"])
     gw.max_events_per_type = int(meta["max_events_per_type"])
     defs = [F.segment_from_record(r, gw.retention_ms) for r in meta["segments"]]
-    deps = [gw.models.catalog.registry.get(name, int(v)).deployment for name, v in meta["models"]]
+    deps = [gw.models.catalog.registry.version_for_replay(name, int(v)).deployment
+            for name, v in meta["models"]]
     n = int(meta["shards"])
     parts = meta.get("part_meta") or {}
     clients = await asyncio.gather(*[gw.new_shard(i) for i in range(n)])
@@ -340,7 +343,8 @@ async def _rebuild_shard(gw, i: int):
     client, info = await gw.new_shard(i)
     if ref is not None:
         defs = [F.segment_from_record(r, gw.retention_ms) for r in meta["segments"]]
-        deps = [gw.models.catalog.registry.get(name, int(v)).deployment for name, v in meta["models"]]
+        deps = [gw.models.catalog.registry.version_for_replay(name, int(v)).deployment
+                for name, v in meta["models"]]
         await client.restore_part(gw.core_kwargs(), str(ref.path), f"shard-{i}",
                                   (meta.get("part_meta") or {}).get(f"shard-{i}", {}), defs, deps)
     stop = gw.applier.in_flight[0].first_lsn if gw.applier.in_flight else store.last_lsn + 1
