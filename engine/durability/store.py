@@ -58,6 +58,7 @@ class DurableStore:
             raise ConfigError(f"the data dir {self.root} is in use by another rtseg server or engine; "
                               "give each one its own --data-dir") from None
         self.fsync = fsync
+        self._begun: dict[Path, str] = {}        # snapshots being written: temp dir -> name
         self.bytes_at_snapshot = self._log_bytes()
 
     # ------------------------------------------------------------------ logging
@@ -118,10 +119,11 @@ class DurableStore:
 
         self.wal.rotate()
         k = 0
-        while (self.snap_dir / snapshot_name(lsn, k)).exists():
+        while (self.snap_dir / snapshot_name(lsn, k)).exists() or snapshot_name(lsn, k) in self._begun.values():
             k += 1     # the same position again (e.g. after scaling): a newer name
-        self._pending_name = snapshot_name(lsn, k)
-        return Path(S.begin_snapshot(self.snap_dir, self._pending_name))
+        tmp = Path(S.begin_snapshot(self.snap_dir, snapshot_name(lsn, k)))
+        self._begun[tmp] = snapshot_name(lsn, k)
+        return tmp
 
     def finish_snapshot(self, tmp: Path, lsn: int, meta: dict, parts: dict) -> Path:
         """Make the snapshot complete (atomic rename), then drop what it makes unneeded:
@@ -129,7 +131,7 @@ class DurableStore:
         from engine.durability import snapshot as S
 
         meta = dict(meta, lsn=int(lsn))
-        path = Path(S.finish_snapshot(self.snap_dir, tmp, self._pending_name, meta, parts))
+        path = Path(S.finish_snapshot(self.snap_dir, tmp, self._begun.pop(Path(tmp)), meta, parts))
         S.prune_snapshots(self.snap_dir, keep=KEEP_SNAPSHOTS)
         kept = self.snapshots()
         if len(kept) >= 1:
@@ -147,6 +149,7 @@ class DurableStore:
     def abandon_snapshot(self, tmp: Path) -> None:
         import shutil
 
+        self._begun.pop(Path(tmp), None)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -140,15 +140,37 @@ class ShardHost:
 
     # ------------------------------------------------------------------ snapshots
 
-    def snapshot_part(self, tmp_dir: str, part: str) -> dict:
-        """Write this shard's whole state as part ``part`` of a snapshot being made in
-        ``tmp_dir`` -> the part's file info (size, checksum) for the manifest."""
+    def snapshot_part(self, tmp_dir: str, part: str, background: bool = False) -> dict:
+        """This shard's whole state as part ``part`` of a snapshot being made in ``tmp_dir``
+        -> the part's file info (size, checksum) and meta for the manifest. The state is
+        copied out now; with ``background`` the file is written by a thread while the shard
+        goes on (``snapshot_written`` then gives the info)."""
+        import threading
+
         from engine.durability import snapshot as S
 
         arrays, meta = S.core_snapshot(self.core)
-        info = S.write_part(tmp_dir, part, arrays)
-        info["meta"] = meta
-        return info
+        if not background:
+            return dict(S.write_part(tmp_dir, part, arrays), meta=meta)
+        box: dict = {}
+
+        def write():
+            try:
+                box["info"] = dict(S.write_part(tmp_dir, part, arrays), meta=meta)
+            except BaseException as exc:  # noqa: BLE001 - reported by snapshot_written
+                box["error"] = exc
+        self._writing = (threading.Thread(target=write, name="rtseg-snapshot", daemon=True), box)
+        self._writing[0].start()
+        return {"meta": meta, "pending": True}
+
+    def snapshot_written(self) -> dict | None:
+        """The info of the part being written in the background, or None while it is."""
+        thread, box = self._writing
+        if thread.is_alive():
+            return None
+        if "error" in box:
+            raise box["error"]
+        return box["info"]
 
     def restore_part(self, core_kwargs: dict, snapshot_dir: str, part: str, meta: dict,
                      defs: list, deployments: list) -> int:

@@ -78,6 +78,7 @@ class Gateway:
         self.recovering = False
         self.ready = False                       # start() done: calls are served
         self._recover_lock = asyncio.Lock()
+        self._snapshot_lock = asyncio.Lock()
         self._recovered: dict[int, Any] = {}      # id(round) -> a rebuilt shard's result
         self.health_hook: Callable[[bool], Any] | None = None
         self.started_ns = time.monotonic_ns()
@@ -444,7 +445,8 @@ class Gateway:
             self.applier.last_now = self.clock.now_ms
             await self.sequencer.reset()
             if self.store is not None:
-                await _recovery.snapshot_now(self)
+                async with self._snapshot_lock:
+                    await _recovery.snapshot_now(self)
             return self.clock.now_ms
         return await self.rounds.barrier(run)
 

@@ -31,25 +31,54 @@ META_FORMAT = 1
 # ----------------------------------------------------------------------------- snapshots
 
 async def snapshot(gw) -> dict:
-    """Take a snapshot now (waits for the rounds in flight) -> what was written."""
-    return await gw.rounds.barrier(lambda: snapshot_now(gw))
+    """Take a snapshot now -> what was written. Ingestion pauses only while the shards copy
+    their state out (a barrier); the files are written while it goes on."""
+    async with gw._snapshot_lock:
+        started = await gw.rounds.barrier(lambda: _snapshot_start(gw, background=True))
+        return await _snapshot_finish(gw, *started)
 
 
 async def snapshot_now(gw) -> dict:
     """Inside a barrier: write a complete snapshot at the log's current position."""
-    from engine.durability import snapshot as S
+    return await _snapshot_finish(gw, *(await _snapshot_start(gw, background=False)))
 
+
+async def _snapshot_start(gw, background: bool):
+    """Inside a barrier: the log goes on in a new file; every shard copies its state out
+    (and writes it, or starts writing it in the background); the gateway's own state."""
     store = gw.store
     t0 = time.monotonic()
     lsn = store.last_lsn
     tmp = store.begin_snapshot(lsn)
     try:
-        infos = await asyncio.gather(*[c.snapshot_part(str(tmp), f"shard-{i}")
+        infos = await asyncio.gather(*[c.snapshot_part(str(tmp), f"shard-{i}", background)
                                        for i, c in enumerate(gw.shards)])
-        parts = {f"shard-{i}": info for i, info in enumerate(infos)}
+        arrays, meta = _gateway_arrays(gw), _gateway_meta(gw)
+    except BaseException:
+        store.abandon_snapshot(tmp)
+        raise
+    gw.recovery["snapshot_pause_s"] = round(time.monotonic() - t0, 3)
+    return t0, lsn, tmp, list(gw.shards), infos, arrays, meta
+
+
+async def _snapshot_finish(gw, t0, lsn, tmp, clients, infos, arrays, meta) -> dict:
+    from engine.durability import snapshot as S
+
+    store = gw.store
+    try:
+        for i, info in enumerate(infos):
+            while info.get("pending"):
+                meta_i = info["meta"]
+                done = await clients[i].snapshot_written()
+                if done is None:
+                    await asyncio.sleep(0.05)    # the shard goes on serving meanwhile
+                else:
+                    info = dict(done, meta=meta_i)
+            infos[i] = info
+        parts = {f"shard-{i}": dict(info) for i, info in enumerate(infos)}
         part_meta = {name: info.pop("meta", {}) for name, info in parts.items()}
-        parts["gateway"] = await asyncio.to_thread(S.write_part, tmp, "gateway", _gateway_arrays(gw))
-        meta = dict(_gateway_meta(gw), part_meta=part_meta)
+        parts["gateway"] = await asyncio.to_thread(S.write_part, tmp, "gateway", arrays)
+        meta = dict(meta, part_meta=part_meta)
         path = await asyncio.to_thread(store.finish_snapshot, tmp, lsn, meta, parts)
     except BaseException:
         store.abandon_snapshot(tmp)

@@ -249,6 +249,7 @@ class SegmentEngineServicer(pb_grpc.SegmentEngineServicer):
                 frames_replayed=int(rec.get("frames_replayed") or 0),
                 restore_seconds=float(rec.get("restore_s") or 0.0),
                 replay_seconds=float(rec.get("replay_s") or 0.0),
+                snapshot_pause_seconds=float(rec.get("snapshot_pause_s") or 0.0),
                 shard_restarts=int(rec.get("shard_restarts", 0))))
         for s in st["shard_stats"]:
             out.shard_stats.add(

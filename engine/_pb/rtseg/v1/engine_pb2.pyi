@@ -534,7 +534,7 @@ class Stats(_message.Message):
     def __init__(self, events: _Optional[int] = ..., users: _Optional[int] = ..., segments: _Optional[int] = ..., shards: _Optional[int] = ..., shard_stats: _Optional[_Iterable[_Union[ShardStats, _Mapping]]] = ..., now_ms: _Optional[int] = ..., clock: _Optional[str] = ..., events_accepted: _Optional[int] = ..., events_rejected: _Optional[int] = ..., ingest_events_per_s: _Optional[float] = ..., ingest_latency: _Optional[_Union[Latency, _Mapping]] = ..., round_latency: _Optional[_Union[Latency, _Mapping]] = ..., first_sequence: _Optional[int] = ..., last_sequence: _Optional[int] = ..., subscribers: _Optional[int] = ..., uptime_ms: _Optional[int] = ..., retention_ms: _Optional[int] = ..., durability: _Optional[_Union[Durability, _Mapping]] = ...) -> None: ...
 
 class Durability(_message.Message):
-    __slots__ = ("fsync", "log_last_position", "log_bytes", "fsync_p99_ms", "snapshot_position", "snapshot_seconds", "recovery_seconds", "frames_replayed", "shard_restarts", "restore_seconds", "replay_seconds")
+    __slots__ = ("fsync", "log_last_position", "log_bytes", "fsync_p99_ms", "snapshot_position", "snapshot_seconds", "recovery_seconds", "frames_replayed", "shard_restarts", "restore_seconds", "replay_seconds", "snapshot_pause_seconds")
     FSYNC_FIELD_NUMBER: _ClassVar[int]
     LOG_LAST_POSITION_FIELD_NUMBER: _ClassVar[int]
     LOG_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -546,6 +546,7 @@ class Durability(_message.Message):
     SHARD_RESTARTS_FIELD_NUMBER: _ClassVar[int]
     RESTORE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     REPLAY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_PAUSE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     fsync: str
     log_last_position: int
     log_bytes: int
@@ -557,7 +558,8 @@ class Durability(_message.Message):
     shard_restarts: int
     restore_seconds: float
     replay_seconds: float
-    def __init__(self, fsync: _Optional[str] = ..., log_last_position: _Optional[int] = ..., log_bytes: _Optional[int] = ..., fsync_p99_ms: _Optional[float] = ..., snapshot_position: _Optional[int] = ..., snapshot_seconds: _Optional[float] = ..., recovery_seconds: _Optional[float] = ..., frames_replayed: _Optional[int] = ..., shard_restarts: _Optional[int] = ..., restore_seconds: _Optional[float] = ..., replay_seconds: _Optional[float] = ...) -> None: ...
+    snapshot_pause_seconds: float
+    def __init__(self, fsync: _Optional[str] = ..., log_last_position: _Optional[int] = ..., log_bytes: _Optional[int] = ..., fsync_p99_ms: _Optional[float] = ..., snapshot_position: _Optional[int] = ..., snapshot_seconds: _Optional[float] = ..., recovery_seconds: _Optional[float] = ..., frames_replayed: _Optional[int] = ..., shard_restarts: _Optional[int] = ..., restore_seconds: _Optional[float] = ..., replay_seconds: _Optional[float] = ..., snapshot_pause_seconds: _Optional[float] = ...) -> None: ...
 
 class ScaleRequest(_message.Message):
     __slots__ = ("shards",)
