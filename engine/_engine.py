@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ._batch import Rejection, events_from_dicts, prepare_events, prepare_traits
 from ._clock import CLOCKS, Clock, wall_ms
-from ._deltas import Delta, DeltaBatch, DeltaLog
+from ._deltas import Delta, DeltaLog
 from ._steps import apply_step
 from .durability import frames as F
 from ._models import (ModelCatalog, check_training_rows, merge_training_data, plan_training,

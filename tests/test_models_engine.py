@@ -371,7 +371,6 @@ def test_the_parallel_value_kernel_agrees_with_the_serial_one(monkeypatch):
 def test_a_new_version_scored_in_slices_ends_where_one_pass_does():
     """A server scores a large population with a new version slice by slice (between rounds
     of ingestion): the scores, members and MODEL_UPDATED deltas add up to one pass's."""
-    from engine._shard import ShardCore
 
     onnx1, _ = tanh_logistic_onnx(2, seed=5)
     onnx2, _ = tanh_logistic_onnx(2, seed=6)

@@ -7,7 +7,6 @@ a restart of ``rtseg serve`` on the same data dir; the retraining schedule."""
 
 from __future__ import annotations
 
-import shutil
 
 import grpc
 import numpy as np

@@ -107,8 +107,6 @@ def snapshot(eng) -> dict:
 
 def recover(eng) -> dict:
     """Newest usable snapshot + the frames logged after it -> a report."""
-    from engine.durability import snapshot as S
-
     t0 = time.monotonic()
     store = eng._store
     used = None
