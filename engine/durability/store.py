@@ -104,11 +104,24 @@ class DurableStore:
 
     def frames_after(self, lsn: int, retention_ms: int) -> Iterator[tuple[int, F.Frame]]:
         """Logged frames after position ``lsn``, in order (a torn tail is cut off, with a
-        warning, by the log reader)."""
+        warning, by the log reader). A gap after ``lsn`` refuses: acknowledged frames would
+        be skipped silently."""
         from engine.durability.wal import read_log
 
+        expected = lsn + 1
         for pos, rec in read_log(self.wal_dir, after_lsn=lsn):
+            if pos != expected:
+                raise RuntimeError(f"the log in {self.wal_dir} resumes at position {pos}, not {expected}: "
+                                   "frames are missing; refusing to start with silently lost data")
+            expected += 1
             yield pos, F.from_record(rec, retention_ms)
+
+    def snapshot_contents(self, meta: dict, retention_ms: int, registry) -> tuple[list, list]:
+        """A snapshot's segment definitions (compiled, dependencies first) and the
+        Deployments of its models (from the model registry)."""
+        defs = [F.segment_from_record(r, retention_ms) for r in meta["segments"]]
+        deps = [registry.version_for_replay(name, int(v)).deployment for name, v in meta["models"]]
+        return defs, deps
 
     # ------------------------------------------------------------------ snapshots
 

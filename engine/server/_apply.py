@@ -106,11 +106,15 @@ class FrameApplier:
             for (k, p), batch in zip(pending.owners[i], batches):
                 per[k][p].append(batch)
         counts = []
+        rank = gw.segment_rank()
         for k, frame in enumerate(pending.frames):
             self.before_publish(frame)
-            rank = gw.segment_rank()
+            if frame.op in (F.SEGMENT_CREATE, F.SEGMENT_REPLACE):
+                rank = gw.segment_rank()        # a new definition orders its own deltas
             counts.append(sum(gw.sequencer.publish(b, rank) for b in per[k]))
             self.after_publish(frame)
+            if frame.op == F.SEGMENT_DELETE:
+                rank = gw.segment_rank()
         await gw.sequencer.wake()
         pending.published = counts
         return counts

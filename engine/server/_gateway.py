@@ -41,7 +41,6 @@ from engine.server._subscriptions import Subscriptions
 log = logging.getLogger("rtseg.gateway")
 
 PREVIEW_SAMPLE = 10
-NO_TIMER_MS = 2**63 - 1
 
 
 class Gateway:
@@ -88,6 +87,7 @@ class Gateway:
         self.events_rejected = 0
         self.rate = RateMeter()
         self.ingest_latency = LatencyWindow()
+        self.round_latency = LatencyWindow()     # a round: sent to the shards -> published
 
     # ------------------------------------------------------------------ properties
 
@@ -394,7 +394,7 @@ class Gateway:
             "events_rejected": self.events_rejected,
             "ingest_events_per_s": self.rate.per_second(),
             "ingest_latency": self.ingest_latency.summary(),
-            "round_latency": self.ingest_latency.summary(),
+            "round_latency": self.round_latency.summary(),
             "first_sequence": self.log.first_retained if self.log.last_sequence else 0,
             "last_sequence": self.log.last_sequence,
             "subscribers": self.subscriptions.count,

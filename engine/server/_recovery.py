@@ -216,9 +216,7 @@ async def _restore_snapshot(gw, ref) -> None:
                     meta["clock"], gw.config.clock)
     gw.retention_ms = int(meta["retention_ms"])
     gw.max_events_per_type = int(meta["max_events_per_type"])
-    defs = [F.segment_from_record(r, gw.retention_ms) for r in meta["segments"]]
-    deps = [gw.models.catalog.registry.version_for_replay(name, int(v)).deployment
-            for name, v in meta["models"]]
+    defs, deps = gw.store.snapshot_contents(meta, gw.retention_ms, gw.models.catalog.registry)
     n = int(meta["shards"])
     parts = meta.get("part_meta") or {}
     clients = await asyncio.gather(*[gw.new_shard(i) for i in range(n)])
@@ -251,13 +249,7 @@ async def _replay(gw, after: int) -> tuple[int, int]:
     frames_n = events_n = 0
     group: list[F.Frame] = []
     size = 0
-    expected = after + 1
-    for lsn, frame in gw.store.frames_after(after, gw.retention_ms):
-        if lsn != expected:
-            raise RuntimeError(f"the log resumes at position {lsn}, not {expected}: frames "
-                               "between the snapshot and the log are missing; refusing to start "
-                               "with silently lost data")
-        expected += 1
+    for _, frame in gw.store.frames_after(after, gw.retention_ms):
         _prepare_replayed(gw, frame)
         group.append(frame)
         n = len(frame.payload) if frame.op in (F.EVENTS, F.TRAITS) else 1
@@ -371,9 +363,7 @@ async def _rebuild_shard(gw, i: int):
         after, before = 0, 0
     client, info = await gw.new_shard(i)
     if ref is not None:
-        defs = [F.segment_from_record(r, gw.retention_ms) for r in meta["segments"]]
-        deps = [gw.models.catalog.registry.version_for_replay(name, int(v)).deployment
-                for name, v in meta["models"]]
+        defs, deps = store.snapshot_contents(meta, gw.retention_ms, gw.models.catalog.registry)
         await client.restore_part(gw.core_kwargs(), str(ref.path), f"shard-{i}",
                                   (meta.get("part_meta") or {}).get(f"shard-{i}", {}), defs, deps)
     stop = gw.applier.in_flight[0].first_lsn if gw.applier.in_flight else store.last_lsn + 1

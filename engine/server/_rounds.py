@@ -168,6 +168,7 @@ class Rounds:
         return frames, owners
 
     async def _complete(self, ops, frames, owners, pending, prev) -> None:
+        t0 = time.perf_counter_ns()
         try:
             if pending is not None:
                 outcome = await _outcome(self.gw.applier, pending, prev)
@@ -177,6 +178,8 @@ class Rounds:
                     await asyncio.wait([prev])
         finally:
             self._in_flight.release()
+        if pending is not None:
+            self.gw.round_latency.record_since(t0)
         for op, k in zip(ops, owners):
             if k < 0:
                 continue
