@@ -592,3 +592,155 @@ class ResetReply(_message.Message):
     NOW_MS_FIELD_NUMBER: _ClassVar[int]
     now_ms: int
     def __init__(self, now_ms: _Optional[int] = ...) -> None: ...
+
+class RfmRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RfmBoundaries(_message.Message):
+    __slots__ = ("source", "window_ms", "population", "recency", "frequency", "monetary", "computed_ms")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_MS_FIELD_NUMBER: _ClassVar[int]
+    POPULATION_FIELD_NUMBER: _ClassVar[int]
+    RECENCY_FIELD_NUMBER: _ClassVar[int]
+    FREQUENCY_FIELD_NUMBER: _ClassVar[int]
+    MONETARY_FIELD_NUMBER: _ClassVar[int]
+    COMPUTED_MS_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    window_ms: int
+    population: int
+    recency: _containers.RepeatedScalarFieldContainer[float]
+    frequency: _containers.RepeatedScalarFieldContainer[float]
+    monetary: _containers.RepeatedScalarFieldContainer[float]
+    computed_ms: int
+    def __init__(self, source: _Optional[str] = ..., window_ms: _Optional[int] = ..., population: _Optional[int] = ..., recency: _Optional[_Iterable[float]] = ..., frequency: _Optional[_Iterable[float]] = ..., monetary: _Optional[_Iterable[float]] = ..., computed_ms: _Optional[int] = ...) -> None: ...
+
+class RfmReply(_message.Message):
+    __slots__ = ("boundaries", "deltas", "now_ms", "seconds")
+    BOUNDARIES_FIELD_NUMBER: _ClassVar[int]
+    DELTAS_FIELD_NUMBER: _ClassVar[int]
+    NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    boundaries: _containers.RepeatedCompositeFieldContainer[RfmBoundaries]
+    deltas: int
+    now_ms: int
+    seconds: float
+    def __init__(self, boundaries: _Optional[_Iterable[_Union[RfmBoundaries, _Mapping]]] = ..., deltas: _Optional[int] = ..., now_ms: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class GoalSpec(_message.Message):
+    __slots__ = ("name", "segment", "target", "end_ms", "control_fraction", "minimize")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    END_MS_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    MINIMIZE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    segment: str
+    target: str
+    end_ms: int
+    control_fraction: float
+    minimize: bool
+    def __init__(self, name: _Optional[str] = ..., segment: _Optional[str] = ..., target: _Optional[str] = ..., end_ms: _Optional[int] = ..., control_fraction: _Optional[float] = ..., minimize: _Optional[bool] = ...) -> None: ...
+
+class GoalRef(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GoalDay(_message.Message):
+    __slots__ = ("day_start_ms", "predicted", "actual", "predicted_control", "actual_control")
+    DAY_START_MS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_FIELD_NUMBER: _ClassVar[int]
+    ACTUAL_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_CONTROL_FIELD_NUMBER: _ClassVar[int]
+    ACTUAL_CONTROL_FIELD_NUMBER: _ClassVar[int]
+    day_start_ms: int
+    predicted: float
+    actual: int
+    predicted_control: float
+    actual_control: int
+    def __init__(self, day_start_ms: _Optional[int] = ..., predicted: _Optional[float] = ..., actual: _Optional[int] = ..., predicted_control: _Optional[float] = ..., actual_control: _Optional[int] = ...) -> None: ...
+
+class Goal(_message.Message):
+    __slots__ = ("name", "segment", "target", "created_ms", "end_ms", "control_fraction", "minimize", "model", "snapshot_size", "test_size", "control_size", "predicted", "predicted_control", "actual", "actual_control", "test_conversion", "control_conversion", "uplift", "uplift_low", "uplift_high", "days", "active", "segments", "now_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    CREATED_MS_FIELD_NUMBER: _ClassVar[int]
+    END_MS_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    MINIMIZE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TEST_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_CONTROL_FIELD_NUMBER: _ClassVar[int]
+    ACTUAL_FIELD_NUMBER: _ClassVar[int]
+    ACTUAL_CONTROL_FIELD_NUMBER: _ClassVar[int]
+    TEST_CONVERSION_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_CONVERSION_FIELD_NUMBER: _ClassVar[int]
+    UPLIFT_FIELD_NUMBER: _ClassVar[int]
+    UPLIFT_LOW_FIELD_NUMBER: _ClassVar[int]
+    UPLIFT_HIGH_FIELD_NUMBER: _ClassVar[int]
+    DAYS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    segment: str
+    target: str
+    created_ms: int
+    end_ms: int
+    control_fraction: float
+    minimize: bool
+    model: str
+    snapshot_size: int
+    test_size: int
+    control_size: int
+    predicted: float
+    predicted_control: float
+    actual: int
+    actual_control: int
+    test_conversion: float
+    control_conversion: float
+    uplift: float
+    uplift_low: float
+    uplift_high: float
+    days: _containers.RepeatedCompositeFieldContainer[GoalDay]
+    active: bool
+    segments: _containers.RepeatedScalarFieldContainer[str]
+    now_ms: int
+    def __init__(self, name: _Optional[str] = ..., segment: _Optional[str] = ..., target: _Optional[str] = ..., created_ms: _Optional[int] = ..., end_ms: _Optional[int] = ..., control_fraction: _Optional[float] = ..., minimize: _Optional[bool] = ..., model: _Optional[str] = ..., snapshot_size: _Optional[int] = ..., test_size: _Optional[int] = ..., control_size: _Optional[int] = ..., predicted: _Optional[float] = ..., predicted_control: _Optional[float] = ..., actual: _Optional[int] = ..., actual_control: _Optional[int] = ..., test_conversion: _Optional[float] = ..., control_conversion: _Optional[float] = ..., uplift: _Optional[float] = ..., uplift_low: _Optional[float] = ..., uplift_high: _Optional[float] = ..., days: _Optional[_Iterable[_Union[GoalDay, _Mapping]]] = ..., active: _Optional[bool] = ..., segments: _Optional[_Iterable[str]] = ..., now_ms: _Optional[int] = ...) -> None: ...
+
+class ListGoalsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GoalList(_message.Message):
+    __slots__ = ("goals",)
+    GOALS_FIELD_NUMBER: _ClassVar[int]
+    goals: _containers.RepeatedCompositeFieldContainer[Goal]
+    def __init__(self, goals: _Optional[_Iterable[_Union[Goal, _Mapping]]] = ...) -> None: ...
+
+class SizeSample(_message.Message):
+    __slots__ = ("time_ms", "size")
+    TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    time_ms: int
+    size: int
+    def __init__(self, time_ms: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
+
+class SegmentHistory(_message.Message):
+    __slots__ = ("name", "samples", "interval_ms", "retention_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    samples: _containers.RepeatedCompositeFieldContainer[SizeSample]
+    interval_ms: int
+    retention_ms: int
+    def __init__(self, name: _Optional[str] = ..., samples: _Optional[_Iterable[_Union[SizeSample, _Mapping]]] = ..., interval_ms: _Optional[int] = ..., retention_ms: _Optional[int] = ...) -> None: ...

@@ -158,6 +158,36 @@ class SegmentEngineStub:
                 request_serializer=rtseg_dot_v1_dot_engine__pb2.RescoreRequest.SerializeToString,
                 response_deserializer=rtseg_dot_v1_dot_engine__pb2.RescoreReply.FromString,
                 _registered_method=True)
+        self.RecomputeRfm = channel.unary_unary(
+                '/rtseg.v1.SegmentEngine/RecomputeRfm',
+                request_serializer=rtseg_dot_v1_dot_engine__pb2.RfmRequest.SerializeToString,
+                response_deserializer=rtseg_dot_v1_dot_engine__pb2.RfmReply.FromString,
+                _registered_method=True)
+        self.CreateGoal = channel.unary_unary(
+                '/rtseg.v1.SegmentEngine/CreateGoal',
+                request_serializer=rtseg_dot_v1_dot_engine__pb2.GoalSpec.SerializeToString,
+                response_deserializer=rtseg_dot_v1_dot_engine__pb2.Goal.FromString,
+                _registered_method=True)
+        self.GetGoal = channel.unary_unary(
+                '/rtseg.v1.SegmentEngine/GetGoal',
+                request_serializer=rtseg_dot_v1_dot_engine__pb2.GoalRef.SerializeToString,
+                response_deserializer=rtseg_dot_v1_dot_engine__pb2.Goal.FromString,
+                _registered_method=True)
+        self.ListGoals = channel.unary_unary(
+                '/rtseg.v1.SegmentEngine/ListGoals',
+                request_serializer=rtseg_dot_v1_dot_engine__pb2.ListGoalsRequest.SerializeToString,
+                response_deserializer=rtseg_dot_v1_dot_engine__pb2.GoalList.FromString,
+                _registered_method=True)
+        self.DeleteGoal = channel.unary_unary(
+                '/rtseg.v1.SegmentEngine/DeleteGoal',
+                request_serializer=rtseg_dot_v1_dot_engine__pb2.GoalRef.SerializeToString,
+                response_deserializer=rtseg_dot_v1_dot_engine__pb2.Goal.FromString,
+                _registered_method=True)
+        self.GetSegmentHistory = channel.unary_unary(
+                '/rtseg.v1.SegmentEngine/GetSegmentHistory',
+                request_serializer=rtseg_dot_v1_dot_engine__pb2.SegmentRef.SerializeToString,
+                response_deserializer=rtseg_dot_v1_dot_engine__pb2.SegmentHistory.FromString,
+                _registered_method=True)
         self.Reset = channel.unary_unary(
                 '/rtseg.v1.SegmentEngine/Reset',
                 request_serializer=rtseg_dot_v1_dot_engine__pb2.ResetRequest.SerializeToString,
@@ -324,6 +354,43 @@ class SegmentEngineServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecomputeRfm(self, request, context):
+        """Marketer features (issue 10).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateGoal(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGoal(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGoals(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteGoal(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSegmentHistory(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Reset(self, request, context):
         """Start from empty (tests; FAILED_PRECONDITION unless the server runs with --allow-reset).
         """
@@ -453,6 +520,36 @@ def add_SegmentEngineServicer_to_server(servicer, server):
                     servicer.Rescore,
                     request_deserializer=rtseg_dot_v1_dot_engine__pb2.RescoreRequest.FromString,
                     response_serializer=rtseg_dot_v1_dot_engine__pb2.RescoreReply.SerializeToString,
+            ),
+            'RecomputeRfm': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecomputeRfm,
+                    request_deserializer=rtseg_dot_v1_dot_engine__pb2.RfmRequest.FromString,
+                    response_serializer=rtseg_dot_v1_dot_engine__pb2.RfmReply.SerializeToString,
+            ),
+            'CreateGoal': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateGoal,
+                    request_deserializer=rtseg_dot_v1_dot_engine__pb2.GoalSpec.FromString,
+                    response_serializer=rtseg_dot_v1_dot_engine__pb2.Goal.SerializeToString,
+            ),
+            'GetGoal': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGoal,
+                    request_deserializer=rtseg_dot_v1_dot_engine__pb2.GoalRef.FromString,
+                    response_serializer=rtseg_dot_v1_dot_engine__pb2.Goal.SerializeToString,
+            ),
+            'ListGoals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGoals,
+                    request_deserializer=rtseg_dot_v1_dot_engine__pb2.ListGoalsRequest.FromString,
+                    response_serializer=rtseg_dot_v1_dot_engine__pb2.GoalList.SerializeToString,
+            ),
+            'DeleteGoal': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteGoal,
+                    request_deserializer=rtseg_dot_v1_dot_engine__pb2.GoalRef.FromString,
+                    response_serializer=rtseg_dot_v1_dot_engine__pb2.Goal.SerializeToString,
+            ),
+            'GetSegmentHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSegmentHistory,
+                    request_deserializer=rtseg_dot_v1_dot_engine__pb2.SegmentRef.FromString,
+                    response_serializer=rtseg_dot_v1_dot_engine__pb2.SegmentHistory.SerializeToString,
             ),
             'Reset': grpc.unary_unary_rpc_method_handler(
                     servicer.Reset,
@@ -1112,6 +1209,168 @@ class SegmentEngine:
             '/rtseg.v1.SegmentEngine/Rescore',
             rtseg_dot_v1_dot_engine__pb2.RescoreRequest.SerializeToString,
             rtseg_dot_v1_dot_engine__pb2.RescoreReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecomputeRfm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtseg.v1.SegmentEngine/RecomputeRfm',
+            rtseg_dot_v1_dot_engine__pb2.RfmRequest.SerializeToString,
+            rtseg_dot_v1_dot_engine__pb2.RfmReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateGoal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtseg.v1.SegmentEngine/CreateGoal',
+            rtseg_dot_v1_dot_engine__pb2.GoalSpec.SerializeToString,
+            rtseg_dot_v1_dot_engine__pb2.Goal.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGoal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtseg.v1.SegmentEngine/GetGoal',
+            rtseg_dot_v1_dot_engine__pb2.GoalRef.SerializeToString,
+            rtseg_dot_v1_dot_engine__pb2.Goal.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGoals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtseg.v1.SegmentEngine/ListGoals',
+            rtseg_dot_v1_dot_engine__pb2.ListGoalsRequest.SerializeToString,
+            rtseg_dot_v1_dot_engine__pb2.GoalList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteGoal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtseg.v1.SegmentEngine/DeleteGoal',
+            rtseg_dot_v1_dot_engine__pb2.GoalRef.SerializeToString,
+            rtseg_dot_v1_dot_engine__pb2.Goal.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSegmentHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtseg.v1.SegmentEngine/GetSegmentHistory',
+            rtseg_dot_v1_dot_engine__pb2.SegmentRef.SerializeToString,
+            rtseg_dot_v1_dot_engine__pb2.SegmentHistory.FromString,
             options,
             channel_credentials,
             insecure,
