@@ -24,7 +24,9 @@ Only the event clock is supported: every stored event has ``t <= now``.
 
 from __future__ import annotations
 
+import datetime
 import math
+import zoneinfo
 from collections import deque, namedtuple
 from heapq import heappop, heappush
 from typing import Any, Callable
@@ -404,6 +406,7 @@ class _Compiler:
 
         if func in ("count", "active_days"):
             days = func == "active_days"
+            zone = getattr(node, "zone", None)
 
             def f_count(u, now):
                 dq = u.events.get(ev)
@@ -421,15 +424,16 @@ class _Compiler:
                     if flt is not None and flt(e) is not True:
                         continue
                     if days:
-                        seen.add(t // DAY_MS)
+                        seen.add(t // DAY_MS if zone is None else _local_date(t, zone))
                     else:
                         c += 1
                 nxt = INF if first is None else first + W
                 return (float(len(seen) if days else c), 0, nxt)
             return f_count
 
-        def values(u, now):
-            """(values of the property over matching events in the window, newest first; next)."""
+        def values(u, now, with_time=False):
+            """(values of the property over matching events in the window, newest first, as
+            ``(t, value)`` with ``with_time``; the next window departure)."""
             dq = u.events.get(ev)
             if not dq:
                 return (), INF
@@ -445,7 +449,7 @@ class _Compiler:
                     continue
                 v = e[1] if get is None else e[2].get(get)
                 if v is not None:
-                    out.append(v)
+                    out.append((t, v) if with_time else v)
             return out, (INF if first is None else first + W)
 
         if func in ("sum", "avg", "min", "max"):
@@ -495,6 +499,45 @@ class _Compiler:
                 best = max(counts, key=lambda k: (counts[k], latest[k]))
                 return (value_of[best], 0, nxt)
             return f_affinity
+
+        if func in ("affinity_score", "affinity_rank"):
+            want = _key(float(node.value.value) if isinstance(node.value.value, (int, float))
+                        and not isinstance(node.value.value, bool) else node.value.value)
+            half = W / 2.0
+
+            def pairs(u, now):
+                """(t, value) of matching events in the window with the property set, oldest first."""
+                got, nxt = values(u, now, True)
+                return got[::-1], nxt
+
+            if func == "affinity_score":
+                def f_affinity_score(u, now):
+                    got, nxt = pairs(u, now)
+                    if not got:
+                        return (None, 0, nxt)
+                    t_last = got[-1][0]
+                    num = den = 0.0
+                    for t, v in got:            # the reference's order: oldest first
+                        weight = 2.0 ** ((t - t_last) / half)
+                        den += weight
+                        if _key(v) == want:
+                            num += weight
+                    return (num / den, 0, nxt)
+                return f_affinity_score
+
+            def f_affinity_rank(u, now):
+                got, nxt = pairs(u, now)
+                counts: dict = {}
+                latest: dict = {}
+                for i, (_, v) in enumerate(got):   # oldest first: the last position wins
+                    k = _key(v)
+                    counts[k] = counts.get(k, 0) + 1
+                    latest[k] = i
+                if want not in counts:
+                    return (None, 0, nxt)
+                ranked = sorted(counts, key=lambda k: (counts[k], latest[k]), reverse=True)
+                return (float(ranked.index(want) + 1), 0, nxt)
+            return f_affinity_rank
         raise ValueError(f"unknown aggregate {func!r}")
 
     def _Since(self, node):
@@ -780,3 +823,11 @@ class BaselineEngine:
                     out[seg.name].add(u.uid)
             u.member, u.nxt = saved
         return out
+
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def _local_date(t_ms: int, zone: str) -> datetime.date:
+    """The calendar date of the instant ``t_ms`` in the IANA zone ``zone``."""
+    return (_EPOCH + datetime.timedelta(milliseconds=t_ms)).astimezone(zoneinfo.ZoneInfo(zone)).date()

@@ -4,6 +4,7 @@ segments changes: compiling is cheap, and one plan keeps one kernel call per ope
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,7 +17,7 @@ from .kernels import _eval as K
 
 _AGG_KIND = {"count": K.L_COUNT, "sum": K.L_SUM, "avg": K.L_AVG, "min": K.L_MIN, "max": K.L_MAX,
              "distinct": K.L_DISTINCT, "top_count": K.L_TOP, "active_days": K.L_DAYS,
-             "affinity": K.L_AFF}
+             "affinity": K.L_AFF, "affinity_score": K.L_AFF_SCORE, "affinity_rank": K.L_AFF_RANK}
 _CMP = {"==": K.OP_EQ, "!=": K.OP_NE, "<": K.OP_LT, "<=": K.OP_LE, ">": K.OP_GT, ">=": K.OP_GE}
 _ARITH = {"+": K.OP_ADD, "-": K.OP_SUB, "*": K.OP_MUL, "/": K.OP_DIV}
 
@@ -30,6 +31,7 @@ class ShardSchema:
     def trait_col(self, name: str) -> int: ...
     def string_code(self, s: str) -> int: ...
     def model(self, name: str) -> "ModelColumns": ...
+    def rfm_bounds(self, key: str) -> list[float]: ...   # 12 numbers, or [] if not computed
 
 
 class ModelColumns:
@@ -74,6 +76,7 @@ class _Compiler:
         self.steps: list[tuple[int, int, int]] = []
         self.const_index: dict[int, int] = {}
         self.cmp_hint = None
+        self.zone_tables: dict[str, tuple[int, int]] = {}  # zone -> (first const, transitions)
 
     # -- constants ------------------------------------------------------------------------
     def box(self, value) -> float:
@@ -164,7 +167,8 @@ class _Compiler:
             foff, flen = self.filter(n.source, t)
             hint = self.cmp_hint if self.cmp_hint and self.cmp_hint[0] is n else None
             cop, cidx = (_CMP[hint[1]], self.const(hint[2])) if hint else (0, 0)
-            self.leaf(_AGG_KIND[n.func], t, col, n.window_ms, foff, flen, cop=cop, cidx=cidx)
+            soff, slen = self.aggregate_extra(n)
+            self.leaf(_AGG_KIND[n.func], t, col, n.window_ms, foff, flen, soff, slen, cop=cop, cidx=cidx)
         elif isinstance(n, (A.Since, A.SinceFirst)):
             t = self.event_type(n.source.event)
             foff, flen = self.filter(n.source, t)
@@ -189,6 +193,8 @@ class _Compiler:
             self.emit(K.OP_SEG, self.slot_of(n.name), push=1)
         elif isinstance(n, A.ModelCall):
             self.model_call(n)
+        elif isinstance(n, A.Rfm):
+            self.rfm(n)
         else:
             line, col = getattr(n, "line", 1), getattr(n, "col", 1)
             raise ExpressionError(line, col, f"{type(n).__name__} cannot be evaluated by this engine version")
@@ -209,6 +215,54 @@ class _Compiler:
                 raise ExpressionError(n.line, n.col, str(err)) from None
             self.emit(K.OP_CONST, self.const(t), push=1)
             self.emit(K.OP_GE, push=-1)
+
+    def rfm(self, n: A.Rfm) -> None:
+        """An rfm call: a count leaf (who is in the population), the metric's leaf, then
+        OP_RFM against the source's boundaries, constants of the plan (engine/_rfm.py)."""
+        from . import _rfm as R
+
+        bounds = list(self.schema.rfm_bounds(R.key_of(n)) or [])
+        if not R.finite(bounds):
+            bounds = [None] * R.N_BOUNDS
+        src = R.source_of(n)
+        mode = R.MODES[n.func]
+        self.expr(A.Aggregate("count", src, n.window_ms))
+        if mode == R.RFM_F:
+            self.emit(K.OP_RFM, self.const_run(bounds[4:8]), mode)
+            return
+        if mode == R.RFM_M:
+            self.expr(A.Aggregate("sum", A.EventSource(src.event, "value", src.filter), n.window_ms))
+            consts = bounds[8:12]
+        elif mode == R.RFM_R:
+            self.expr(A.Since(src))
+            consts = bounds[0:4]
+        else:
+            self.expr(A.Since(src))
+            consts = bounds[0:8] + list(R.TIERS)
+        self.emit(K.OP_RFM, self.const_run(consts), mode, push=-1)
+
+    def aggregate_extra(self, n: A.Aggregate) -> tuple[int, int]:
+        """The leaf's ``step_off, step_len`` cells, unused by aggregates otherwise: for
+        affinity_score/affinity_rank the constant index of VALUE (and 0); for active_days with
+        a time zone the first constant of the zone's offset table and its number of
+        transitions (``slen`` instants in ms, then ``slen`` UTC offsets in ms)."""
+        if n.value is not None:
+            return self.const(n.value.value), 0
+        if n.zone is None:
+            return 0, 0
+        tables = self.zone_tables
+        if n.zone not in tables:
+            from .expr._zones import transitions
+
+            try:
+                starts, offs = transitions(n.zone)
+            except KeyError:
+                raise ExpressionError(n.zone_line or n.line, n.zone_col or n.col,
+                                      f'unknown time zone "{n.zone}"') from None
+            first = [float(x) for x in starts]
+            first[0] = -math.inf
+            tables[n.zone] = (self.const_run(first + [float(x) for x in offs]), len(starts))
+        return tables[n.zone]
 
     def trait(self, name: str) -> int:
         c = self.schema.trait_col(name)

@@ -19,6 +19,7 @@ from ._deltas import (CAUSE_EVENT, CAUSE_SEGMENT_CREATED, CAUSE_SEGMENT_DELETED,
 from ._plan import Plan, build_plan
 from ._segments import SegmentDef, topological_order
 from ._shard_models import ShardModels
+from ._shard_rfm import ShardRfm
 from .errors import UnknownSegment
 from .kernels import _eval as KE
 from .kernels import _store as KS
@@ -49,7 +50,7 @@ def canonical_order(seg_rank: np.ndarray, rows: np.ndarray, users: StringTable) 
     return order
 
 
-class ShardCore(ShardModels):
+class ShardCore(ShardModels, ShardRfm):
     """One shard's users: events, traits, segment membership and timers."""
 
     def __init__(self, retention_ms: int, max_events_per_type: int = 4096, *, initial_rows: int = 1024):
@@ -78,6 +79,7 @@ class ShardCore(ShardModels):
         self._wcap = 1
         self.plan: Plan = Plan.empty()
         self._init_models()
+        self._init_rfm()
         # per-row state
         self._rcap = 0
         self._alloc_rows(max(initial_rows, 1024))
@@ -320,7 +322,7 @@ class ShardCore(ShardModels):
             isdue = np.zeros(m, np.bool_)
             isnew = np.zeros(m, np.bool_)
         if not len(self.plan.names) or not len(rows):
-            return DeltaBatch()
+            return _EMPTY_I64 if dry else DeltaBatch()
         if order is None:
             order = np.arange(len(self.plan.names), dtype=np.int64)
             force = np.zeros(len(order), np.bool_)

@@ -27,6 +27,7 @@ class Step(IntEnum):
     DEPLOY_MODEL = 9      # payload: (Deployment, score everyone now: bool)
     MODEL_UPDATE = 10     # payload: (model name, (k, n) slice)
     DROP_MODEL = 11       # payload: model name
+    SET_RFM = 12          # payload: RFM boundaries (engine._rfm.bounds_payload), TIME deltas
 
 
 StepTuple = tuple[int, Any, int]
@@ -59,4 +60,6 @@ def apply_step(core, kind: int, payload: Any, now_ms: int) -> DeltaBatch:
     if kind == Step.DROP_MODEL:
         core.drop_model(payload)
         return DeltaBatch()
+    if kind == Step.SET_RFM:
+        return core.set_rfm(payload, now_ms)
     raise ValueError(f"unknown step kind {kind!r}")

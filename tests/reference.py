@@ -17,16 +17,27 @@ to probabilities. A user's score is computed from the reference's own evaluation
 feature expressions, at these moments only (docs/predictive.md): for every known user when
 the model is deployed and at ``rescore()``, and for a user whose batch brings an event of a
 type that a feature reads, or whose update sets a trait that a feature reads. ``score``,
-``bucket`` and ``likely`` read those scores. Population-relative functions (``rfm_*``) are
-outside the reference; segments using them are refused with an ``ExpressionError``.
+``bucket`` and ``likely`` read those scores.
+
+RFM (``rfm_*``): the reference keeps each source's boundaries, computed from its own
+evaluation of ``count(E, W)``, ``since(E)`` and ``sum(E.value, W)`` over every known user with
+an ``E`` in ``W``, by sorting (boundary k is the value at index ``floor(k * n / 5)``, recency
+taken as ``-since``), at the moments the engine computes them: before a segment (or a
+replacement) first reads a source, at ``recompute_rfm()``, and after any operation that leaves
+the clock ``rfm_interval`` (default 60 s, ``0``: never) past the last scheduled computation
+(then everything is evaluated again, changes with cause TIME). A score is 1 plus the number of
+boundaries the value reaches (recency: ``since <= boundary``); the tier comes from the table
+of EXPRESSIONS.md.
 """
 
 from __future__ import annotations
 
 import bisect
+import datetime
 import math
 import re
 import time
+import zoneinfo
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -43,6 +54,14 @@ _DURATION_UNITS_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": DAY
 _DURATION_RE = re.compile(r"^(\d+)(ms|s|m|h|d|w)$")
 
 EVENT_FIELDS = frozenset({"user_id", "type", "timestamp_ms", "value", "properties"})
+
+# EXPRESSIONS.md's RFM map: tier -> (R scores, F scores)
+RFM_TIERS = {
+    "champions": ({5}, {4, 5}), "loyal": ({3, 4}, {4, 5}), "potential_loyalist": ({4, 5}, {2, 3}),
+    "new_customer": ({5}, {1}), "promising": ({4}, {1}), "need_attention": ({3}, {3}),
+    "about_to_sleep": ({3}, {1, 2}), "at_risk": ({1, 2}, {3, 4}), "cannot_lose": ({1, 2}, {5}),
+    "hibernating": ({2}, {1, 2}), "lost": ({1}, {1, 2}),
+}
 
 ENTER, EXIT = "ENTER", "EXIT"
 EVENT, TIME, TRAIT = "EVENT", "TIME", "TRAIT"
@@ -263,6 +282,7 @@ class ReferenceEngine:
         retention: str | int = "30d",
         max_events_per_type: int = DEFAULT_MAX_EVENTS_PER_TYPE,
         wall_clock_ms: Callable[[], int] | None = None,
+        rfm_interval: str | int = "60s",
     ):
         if clock not in ("event", "wall"):
             raise ConfigError(f"clock must be 'event' or 'wall', not {clock!r}")
@@ -281,6 +301,10 @@ class ReferenceEngine:
         self._created = 0
         self.events_dropped = 0
         self._models: dict[str, _Model] = {}
+        self.rfm_interval_ms = 0 if rfm_interval in (0, "0", "off") else parse_duration_ms(rfm_interval)
+        self._rfm: dict[str, list[float]] = {}     # key -> 12 boundaries ([]: empty population)
+        self._rfm_last: int | None = None
+        self._in_rfm = False
 
     # ------------------------------------------------------------------ clock
 
@@ -515,6 +539,7 @@ class ReferenceEngine:
             raise SegmentExists(f'segment "{name}" already exists (use replace_segment to change it)')
         tree, deps = self._compile(name, text, replacing=False)
         self._tick()
+        self._rfm_first_use(tree)
         self._created += 1
         self._segments[name] = _Segment(name, text if isinstance(text, str) else repr(text), tree, deps, self._created)
         self._members[name] = set()
@@ -527,6 +552,7 @@ class ReferenceEngine:
             raise UnknownSegment(f'no segment named "{name}"')
         tree, deps = self._compile(name, text, replacing=True)
         self._tick()
+        self._rfm_first_use(tree)
         seg = self._segments[name]
         seg.text, seg.tree, seg.deps = (text if isinstance(text, str) else repr(text)), tree, deps
         affected = self._dependents(name)
@@ -609,6 +635,71 @@ class ReferenceEngine:
             for uid in sorted(old ^ new[name]):
                 self._emit(name, uid, ENTER if uid in new[name] else EXIT, cause_of(name, uid))
         self._members = new
+        keys = self._rfm_keys()
+        if (not self._in_rfm and keys and self.rfm_interval_ms
+                and (self._rfm_last is None or self._now - self._rfm_last >= self.rfm_interval_ms)):
+            self._in_rfm = True
+            try:
+                self._compute_rfm(keys)
+                self._rfm_last = self._now
+                self._commit(lambda seg, uid: TIME)
+            finally:
+                self._in_rfm = False
+
+    # ------------------------------------------------------------------ rfm
+
+    def recompute_rfm(self) -> None:
+        """Every source's boundaries now (changes have cause TIME)."""
+        self._tick()
+        self._compute_rfm(self._rfm_keys())
+        self._rfm_last = self._now
+        self._in_rfm = True
+        try:
+            self._commit(lambda seg, uid: TIME)
+        finally:
+            self._in_rfm = False
+
+    def _rfm_first_use(self, tree) -> None:
+        missing = {k: n for k, n in self._rfm_keys([tree]).items() if k not in self._rfm}
+        if missing:
+            self._compute_rfm(missing)
+
+    def rfm_bounds(self) -> dict[str, list[float]]:
+        return {k: list(v) for k, v in self._rfm.items()}
+
+    def _rfm_keys(self, trees=None) -> dict[str, A.Rfm]:
+        from engine._rfm import key_of      # a key names a source; the rest is computed here
+
+        out: dict[str, A.Rfm] = {}
+        for tree in (trees if trees is not None else [s.tree for s in self._segments.values()]):
+            for node in _walk(tree):
+                if isinstance(node, A.Rfm):
+                    out.setdefault(key_of(node), node)
+        return out
+
+    def _rfm_metrics(self, node: A.Rfm, ctx: _Ctx) -> tuple[int, float, float]:
+        src = A.EventSource(node.source.event, None, node.source.filter)
+        events = self._matching(src, ctx, node.window_ms)
+        spend = sum(ev.value for ev in events if isinstance(ev.value, float) and math.isfinite(ev.value))
+        since = float(ctx.now - events[-1].t) if events else INF
+        return len(events), since, float(spend)
+
+    def _compute_rfm(self, keys: Mapping[str, A.Rfm]) -> None:
+        for key, node in keys.items():
+            rows = []
+            for uid in self._users:
+                c, since, spend = self._rfm_metrics(node, self._context(uid, self._members))
+                if c > 0:
+                    rows.append((c, since, spend))
+            n = len(rows)
+            if n == 0:
+                self._rfm[key] = []
+                continue
+            at = [k * n // 5 for k in range(1, 5)]
+            recency = sorted(-r[1] for r in rows)
+            freq = sorted(float(r[0]) for r in rows)
+            money = sorted(r[2] for r in rows)
+            self._rfm[key] = [-recency[i] for i in at] + [freq[i] for i in at] + [money[i] for i in at]
 
     def _context(self, user_id: str, members: Mapping[str, set[str]]) -> _Ctx:
         user = self._users.get(user_id) or _User()
@@ -641,14 +732,12 @@ class ReferenceEngine:
         deps: set[str] = set()
         for node in _walk(tree):
             window = getattr(node, "window_ms", None)
-            if isinstance(node, A.Rfm):
-                raise ExpressionError(node.line, node.col, f"{node.func}() is not supported by the reference evaluator")
             if isinstance(node, A.ModelCall):
                 if node.model not in self._models:
                     raise ExpressionError(node.line, node.col, f'unknown model "{node.model}"')
                 if node.func == "likely" and self._models[node.model].threshold is None:
                     raise ExpressionError(node.line, node.col, f'model "{node.model}" has no validation curve')
-            if isinstance(node, (A.Aggregate, A.Sequence)) and window > self.retention_ms:
+            if isinstance(node, (A.Aggregate, A.Sequence, A.Rfm)) and window > self.retention_ms:
                 raise ExpressionError(
                     node.line, node.col, f"window of {window} ms is longer than the retention ({self.retention_ms} ms)"
                 )
@@ -784,6 +873,8 @@ class ReferenceEngine:
         if func == "count":
             return float(len(events))
         if func == "active_days":
+            if node.zone is not None:
+                return float(len({_local_date(ev.t, node.zone) for ev in events}))
             return float(len({ev.t // DAY_MS for ev in events}))
         if node.source.prop is None:
             raise TypeError(f"{func}() needs EVENT.PROP")
@@ -809,6 +900,29 @@ class ReferenceEngine:
             latest = {_key(v): ev.order for ev, v in values}  # events are in order: the last wins
             best = max(counts, key=lambda k: (counts[k], latest[k]))
             return best[1]
+        if func == "affinity_score":
+            # sum of 2^(-(now - t)/H) over p == VALUE / the same over every p set, H = W/2. Every
+            # weight is scaled by 2^((now - t_last)/H) (t_last: the latest of these events),
+            # which cancels in the ratio: the share does not depend on now.
+            if not values:
+                return None
+            want = _key(_norm(node.value.value))
+            t_last = values[-1][0].t
+            half = node.window_ms / 2.0
+            num = den = 0.0
+            for ev, v in values:
+                weight = 2.0 ** ((ev.t - t_last) / half)
+                den += weight
+                if _key(v) == want:
+                    num += weight
+            return num / den
+        if func == "affinity_rank":
+            want = _key(_norm(node.value.value))
+            if want not in counts:
+                return None
+            latest = {_key(v): ev.order for ev, v in values}
+            ranked = sorted(counts, key=lambda k: (counts[k], latest[k]), reverse=True)
+            return float(ranked.index(want) + 1)
         raise ValueError(f"unknown aggregate {func!r}")
 
     def _e_Since(self, node: A.Since, ctx: _Ctx) -> float:
@@ -831,7 +945,18 @@ class ReferenceEngine:
         return True
 
     def _e_Rfm(self, node: A.Rfm, ctx: _Ctx) -> Any:
-        raise NotImplementedError("rfm functions are outside the reference evaluator")
+        from engine._rfm import key_of
+
+        b = self._rfm.get(key_of(node)) or []
+        c, since, spend = self._rfm_metrics(node, ctx)
+        if c == 0 or len(b) != 12:
+            return None
+        r = 1 + sum(1 for x in b[0:4] if since <= x)
+        f = 1 + sum(1 for x in b[4:8] if c >= x)
+        m = 1 + sum(1 for x in b[8:12] if spend >= x)
+        if node.func == "rfm_tier":
+            return next(t for t, (rs, fs) in RFM_TIERS.items() if r in rs and f in fs)
+        return float({"rfm_r": r, "rfm_f": f, "rfm_m": m}[node.func])
 
     def _e_ModelCall(self, node: A.ModelCall, ctx: _Ctx) -> Any:
         m = self._models[node.model]
@@ -843,6 +968,15 @@ class ReferenceEngine:
         if node.func == "bucket":
             return "high" if s >= m.bucket_high else "medium" if s >= m.bucket_medium else "low"
         return s >= m.threshold(node.precision)
+
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def _local_date(t_ms: int, zone: str) -> datetime.date:
+    """The calendar date of the instant ``t_ms`` in the IANA zone ``zone``, straight from
+    zoneinfo."""
+    return (_EPOCH + datetime.timedelta(milliseconds=t_ms)).astimezone(zoneinfo.ZoneInfo(zone)).date()
 
 
 def _prop(ev: _Event, name: str) -> Any:

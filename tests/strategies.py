@@ -13,7 +13,9 @@ deliberately bad operations are marked ``expect_error``.
 
 from __future__ import annotations
 
+import datetime
 import re
+import zoneinfo
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +64,37 @@ TIME_UNITS_MS = (1, 250, SECOND_MS, MINUTE_MS, 15 * MINUTE_MS, HOUR_MS, DAY_MS)
 NUMBER_LITERALS = ("0", "1", "2", "3", "0.5", "10", "100", "2.5", "-1", "1e6")
 NEAR_POINTS = ((41.0, 29.0), (41.01, 29.02), (40.5, 28.95))
 NEAR_DISTANCES = ("500m", "1km", "2km", "5km", "50km", "3mi", "100km")
+
+# Time zones of active_days(E, W, "ZONE"): DST with a 1 h step (New York), a fall-back at local
+# midnight (Santiago: 00:00 -> 23:00 of the day before), a 30 min DST step (Lord Howe), fixed
+# offsets (Istanbul +3, Kolkata +5:30) and UTC itself.
+ZONES = ("UTC", "America/New_York", "Europe/Istanbul", "America/Santiago", "Australia/Lord_Howe", "Asia/Kolkata")
+# Anchors just at a DST change, for scripts and streams across it (scripts(base_ms=...)):
+# New York falls back (25 h day) 2023-11-05T06:00Z and springs forward (23 h day)
+# 2024-03-10T07:00Z; Santiago falls back at local midnight 2024-04-07T03:00Z; Lord Howe
+# falls back by 30 min 2024-04-06T15:00Z.
+DST_BASES_MS = (1_699_164_000_000, 1_710_054_000_000, 1_712_458_800_000, 1_712_415_600_000)
+AFFINITY_SHARES = ("0", "0.25", "0.5", "0.6", "0.75", "1")
+RANKS = ("1", "2", "3")
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def local_midnight_after(t_ms: int, zone: str) -> int:
+    """The first local midnight of ``zone`` after the instant ``t_ms`` (ms; for events on a
+    local day boundary). Where midnight does not exist (a DST jump at 00:00) it is the first
+    instant of the next local day."""
+    tz = zoneinfo.ZoneInfo(zone)
+    local = (_EPOCH + datetime.timedelta(milliseconds=t_ms)).astimezone(tz)
+    day = local.date() + datetime.timedelta(days=1)
+    guess = datetime.datetime(day.year, day.month, day.day, tzinfo=tz)
+    ms = int((guess - _EPOCH).total_seconds() * 1000)
+    # step back while the instant before is still on the new day (a midnight that repeats)
+    while (_EPOCH + datetime.timedelta(milliseconds=ms - 1)).astimezone(tz).date() >= day:
+        ms -= 15 * MINUTE_MS
+    while (_EPOCH + datetime.timedelta(milliseconds=ms)).astimezone(tz).date() < day:
+        ms += 1
+    return ms
 
 
 # ----------------------------------------------------------------------------- expressions
@@ -163,8 +196,10 @@ def _durations_upto(ctx: ExprContext) -> tuple[str, ...]:
 def feature_expr(draw, ctx: ExprContext, depth: int) -> tuple[str, tuple[str, ...]]:
     """A number computed from the user's data, and literals worth comparing it with (so that
     comparisons flip for real rather than being always true or always false)."""
-    i = draw(st.integers(0, 12 if depth > 0 else 10))
+    i = draw(st.sampled_from(tuple(range(16)) if depth > 0 else tuple(range(11)) + (13, 14, 15)))
     counts, money, times = COUNT_THRESHOLDS, MONEY_THRESHOLDS, _durations_upto(ctx)
+    if i >= 13:
+        return _extension_feature(draw, ctx, i)
     if i == 0:
         return f"count({_source(draw)}, {_duration(draw, ctx)})", counts
     if i == 1:
@@ -241,6 +276,11 @@ def _typical(draw, ctx: ExprContext) -> str:
             f"sum({e}.value, {w}) > 0",
             f"active_days({e}, {w}) >= 1",
             f"since_first({e}) >= {w}",
+            f'affinity_rank({e}.sku, "{_pick(draw, SKUS)}", {w}) == 1',
+            f'affinity_rank({e}.sku, "{_pick(draw, SKUS)}", {w}) >= 2',
+            f'affinity_score({e}.sku, "{_pick(draw, SKUS)}", {w}) > 0.5',
+            f'affinity_score({e}.sku, "{_pick(draw, SKUS)}", {w}) >= {_pick(draw, AFFINITY_SHARES)}',
+            f'active_days({e}, {w}, "{_pick(draw, ZONES)}") >= 2',
         ),
     )
 
@@ -302,6 +342,41 @@ def bool_expr(draw, ctx: ExprContext, depth: int) -> str:
     if i == 12:
         return f"not ({bool_expr(draw, ctx, depth - 1)})"
     return f"({bool_expr(draw, ctx, depth - 1)}) {what} ({bool_expr(draw, ctx, depth - 1)})"
+
+
+def extension_expr(draw, ctx: ExprContext, depth: int) -> str:
+    """A condition on the extensions (affinity_score, affinity_rank, active_days with a time
+    zone), possibly combined with another condition."""
+    op = _pick(draw, ("==", "!=", "<", "<=", ">", ">=", ">=", ">"))
+    text, lits = _extension_feature(draw, ctx, _pick(draw, (13, 14, 15)))
+    cond = f"{text} {op} {_pick(draw, lits)}"
+    if depth > 0 and draw(st.booleans()):
+        other = bool_expr(draw, ctx, depth - 1) if draw(st.booleans()) else extension_expr(draw, ctx, depth - 1)
+        return f"({cond}) {_pick(draw, ('and', 'or'))} ({other})"
+    if depth > 0 and draw(st.integers(0, 3)) == 0:
+        return f"not ({cond})"
+    return cond
+
+
+def _extension_feature(draw, ctx: ExprContext, i: int) -> tuple[str, tuple[str, ...]]:
+    """13: affinity_score, 14: affinity_rank, 15: active_days with a time zone."""
+    if i == 13:
+        if draw(st.integers(0, 3)) == 0:
+            src, value = f"{_event(draw)}.price{_where(draw)}", _pick(draw, ("2.5", "10", "100", '"a"'))
+        else:
+            src, value = f"{_event(draw)}.sku{_where(draw)}", _pick(draw, ('"a"', '"b"', '"c"', "1", '"1"'))
+        return f"affinity_score({src}, {value}, {_duration(draw, ctx)})", AFFINITY_SHARES
+    if i == 14:
+        value = _pick(draw, ('"a"', '"b"', '"c"', "1"))
+        return f"affinity_rank({_prop_source(draw, False)}, {value}, {_duration(draw, ctx)})", RANKS
+    return f'active_days({_source(draw)}, {_duration(draw, ctx)}, "{_pick(draw, ZONES)}")', COUNT_THRESHOLDS
+
+
+@st.composite
+def extension_expressions(draw, retention_ms: int = 30 * DAY_MS, segments: tuple[str, ...] = (),
+                          max_depth: int = 1) -> str:
+    """A random, valid segment expression that uses the extensions of the spec."""
+    return extension_expr(draw, ExprContext(retention_ms, tuple(segments)), draw(st.integers(0, max_depth)))
 
 
 @st.composite
@@ -400,7 +475,9 @@ def durations_in(text: str) -> set[int]:
 class _Model:
     """Just enough of the engine to generate meaningful operations."""
 
-    def __init__(self, retention: str, retention_ms: int, cap: int):
+    def __init__(self, retention: str, retention_ms: int, cap: int, base_ms: int = BASE_MS):
+        self.base_ms = base_ms
+        self.extensions = base_ms != BASE_MS  # scripts across a DST change favour the extensions
         self.retention = retention
         self.retention_ms = retention_ms
         self.cap = cap
@@ -412,7 +489,7 @@ class _Model:
 
     @property
     def anchor(self) -> int:
-        return self.now or BASE_MS
+        return self.now or self.base_ms
 
     def add_segment(self, name: str, refs, text: str) -> None:
         self.segments[name] = frozenset(refs)
@@ -468,7 +545,10 @@ def _event_dict(draw, model: _Model) -> tuple[dict, bool, str]:
     if kind == 6 and model.now and model.durations:
         t = model.now - _pick(draw, sorted(model.durations)) + _pick(draw, (0, 1))  # on a window bound
     elif kind == 7:
-        t = (model.anchor // DAY_MS + 1) * DAY_MS + _pick(draw, (-1, 0, 1))  # around UTC midnight
+        if draw(st.booleans()):
+            t = (model.anchor // DAY_MS + 1) * DAY_MS + _pick(draw, (-1, 0, 1))  # around UTC midnight
+        else:  # around a local midnight of one of the zones
+            t = local_midnight_after(model.anchor + _offset(draw), _pick(draw, ZONES[1:])) + _pick(draw, (-1, 0, 1))
     elif kind == 9 and model.now:
         extra = _pick(draw, (0, 1, HOUR_MS))  # 0: exactly at now - retention, still too old
         t = model.now - model.retention_ms - extra
@@ -578,7 +658,10 @@ def _create(draw, model: _Model) -> Create:
     if bad == 1:
         return Create(name, 'segment("nope") or count(view, 1d) > 0', expect_error=True)
     ctx = ExprContext(model.retention_ms, tuple(model.segments))
-    text = bool_expr(draw, ctx, draw(st.integers(0, 3)))
+    if model.extensions and draw(st.booleans()):
+        text = extension_expr(draw, ctx, draw(st.integers(0, 2)))
+    else:
+        text = bool_expr(draw, ctx, draw(st.integers(0, 3)))
     model.add_segment(name, ctx.refs, text)
     return Create(name, text)
 
@@ -606,11 +689,12 @@ def _delete_segment(draw, model: _Model) -> DeleteSegment | None:
 
 
 @st.composite
-def scripts(draw, max_steps: int = 20) -> Script:
-    """A random script of operations with its engine configuration."""
+def scripts(draw, max_steps: int = 20, base_ms: int | None = None) -> Script:
+    """A random script of operations with its engine configuration; timestamps start around
+    ``base_ms`` (default ``BASE_MS``; ``DST_BASES_MS`` put them across a DST change)."""
     retention, retention_ms = _pick(draw, RETENTIONS)
     cap = _pick(draw, (4096, 4096, 3, 5))
-    model = _Model(retention, retention_ms, cap)
+    model = _Model(retention, retention_ms, cap, BASE_MS if base_ms is None else base_ms)
     script = Script(retention, retention_ms, cap)
     for _ in range(draw(st.integers(0, 2))):
         script.ops.append(_create(draw, model))

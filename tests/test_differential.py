@@ -28,6 +28,7 @@ from tests.reference import ReferenceEngine
 from tests.strategies import (
     BASE_MS,
     DAY_MS,
+    DST_BASES_MS,
     EVENT_TYPES,
     HOUR_MS,
     MINUTE_MS,
@@ -45,6 +46,7 @@ from tests.strategies import (
     durations_in,
     events_to_columns,
     expressions,
+    extension_expressions,
     scripts,
 )
 
@@ -228,7 +230,14 @@ def test_random_scripts_long(engine_factory, script):
     run_script(engine_factory, script)
 
 
-def _stream(draw, n_events: int, grid_ms: int, span: int) -> list[dict]:
+@given(script=st.sampled_from(DST_BASES_MS).flatmap(lambda base: scripts(base_ms=base)))
+def test_random_scripts_across_dst(engine_factory, script):
+    """Scripts whose timestamps start at a DST change (23 h and 25 h local days, a fall-back at
+    local midnight, a 30 min step), where active_days(E, W, "ZONE") counts local days."""
+    run_script(engine_factory, script)
+
+
+def _stream(draw, n_events: int, grid_ms: int, span: int, base: int = B) -> list[dict]:
     """Events on a time grid (so that they meet window bounds exactly), over few users, the
     first user and the type "view" more often (so that a small cap overflows)."""
     out = []
@@ -246,7 +255,7 @@ def _stream(draw, n_events: int, grid_ms: int, span: int) -> list[dict]:
             {
                 "user_id": draw(st.sampled_from(USERS[:3] + USERS[:1])),
                 "type": etype,
-                "timestamp_ms": B + draw(st.integers(0, span)) * grid_ms,
+                "timestamp_ms": base + draw(st.integers(0, span)) * grid_ms,
                 "value": draw(st.sampled_from((0.0, 1.0, 2.5, 40.0))),
                 "properties": props,
             }
@@ -263,21 +272,34 @@ def test_random_expressions_on_a_stream(engine_factory, data):
     clock also stopped just before, at and just after moments at which an event crosses a
     window bound, a ``since`` threshold or the retention, or a trait timestamp crosses an
     ``until``/``since`` bound. Everything is drawn before the first operation."""
+    _stream_case(engine_factory, data, B)
+
+
+@given(data=st.data())
+def test_random_expressions_on_a_stream_across_dst(engine_factory, data):
+    """The same over a stream that starts an hour or two before a DST change."""
+    base = data.draw(st.sampled_from(DST_BASES_MS), label="dst_base")
+    _stream_case(engine_factory, data, base - data.draw(st.sampled_from((0, H, 2 * H, 6 * H)), label="before"),
+                 extensions=True)
+
+
+def _stream_case(engine_factory, data, base: int, extensions: bool = False) -> None:
     retention, retention_ms = data.draw(st.sampled_from(RETENTIONS), label="retention")
     cap = data.draw(st.sampled_from((4096, 4096, 3)), label="max_events_per_type")
     texts: list[str] = []
     for i in range(3):
         depth = data.draw(st.sampled_from((0, 0, 1, 2)), label="depth")
         names = tuple(f"s{j}" for j in range(i))
-        texts.append(data.draw(expressions(retention_ms=retention_ms, segments=names, max_depth=depth), label=f"s{i}"))
+        gen = extension_expressions if extensions and i < 2 else expressions
+        texts.append(data.draw(gen(retention_ms=retention_ms, segments=names, max_depth=depth), label=f"s{i}"))
     grid = data.draw(st.sampled_from((SECOND_MS, MINUTE_MS, 15 * MINUTE_MS, HOUR_MS)), label="grid_ms")
     span = min(200, 3 * D // grid)
-    events = _stream(data.draw, data.draw(st.integers(3, 40), label="n_events"), grid, span)
+    events = _stream(data.draw, data.draw(st.integers(3, 40), label="n_events"), grid, span, base)
     traits = {}
     for u in USERS[:3]:
         traits[u] = {
             "country": data.draw(st.sampled_from(("TR", "DE")), label="country"),
-            "signup_at": B + data.draw(st.integers(0, span), label="signup") * grid,
+            "signup_at": base + data.draw(st.integers(0, span), label="signup") * grid,
             "score_x": 2.5,
             "lat": 41.0,
             "lon": data.draw(st.sampled_from((29.0, 29.01, 29.05)), label="lon"),
@@ -533,6 +555,90 @@ def test_active_days_cross_utc_midnight(engine_factory):
     assert p.members("two_days") == {"u"}
     p.advance(midnight - 1 + D)
     assert p.members("two_days") == set()
+
+
+def test_active_days_in_a_time_zone_across_dst(engine_factory):
+    """docs/expressions.md, "Extensions of the spec": local days of the zone, 23 h and 25 h long
+    on DST changes, and in Santiago a fall-back at local midnight."""
+    mar10, mar11 = 1_710_046_800_000, 1_710_129_600_000  # New York midnights: a 23 h day
+    assert mar11 - mar10 == 23 * H
+    p = Pair(engine_factory)
+    p.create("ny2", 'active_days(open, 2d, "America/New_York") >= 2')
+    p.create("utc2", "active_days(open, 2d) >= 2")
+    p.create("ist2", 'active_days(open where exists(value), 2d, "Europe/Istanbul") >= 2')
+    p.ingest([ev("u", "open", mar10 + 30 * M), ev("u", "open", mar11 - 1)])  # both March 10 in New York
+    assert (p.members("ny2"), p.members("utc2")) == (set(), {"u"})
+    p.ingest([ev("u", "open", mar11)])
+    assert p.members("ny2") == {"u"}
+    p.advance(mar10 + 30 * M + 2 * D)  # the first event leaves: still two New York days
+    assert p.members("ny2") == {"u"}
+    p.advance(mar11 - 1 + 2 * D)
+    assert p.members("ny2") == set()
+
+    nov5, nov6 = 1_699_156_800_000, 1_699_246_800_000  # New York midnights: a 25 h day
+    assert nov6 - nov5 == 25 * H
+    p = Pair(engine_factory)  # the clock cannot go back to November
+    p.create("ny2", 'active_days(open, 2d, "America/New_York") >= 2')
+    p.create("utc2", "active_days(open, 2d) >= 2")
+    p.ingest([ev("v", "open", nov5), ev("v", "open", nov6 - 1)])
+    assert "v" not in p.members("ny2") and "v" in p.members("utc2")
+    p.ingest([ev("v", "open", nov6)])
+    assert "v" in p.members("ny2")
+
+    p.create("scl2", 'active_days(open, 2d, "America/Santiago") >= 2')
+    fall = 1_712_458_800_000  # 2024-04-07T03:00Z: 00:00 -03 becomes 23:00 -04 on April 6
+    p.ingest([ev("w", "open", fall - 1), ev("w", "open", fall), ev("w", "open", fall + H - 1)])
+    assert "w" not in p.members("scl2")  # all on April 6 in Santiago
+    p.ingest([ev("w", "open", fall + H)])
+    assert "w" in p.members("scl2")
+
+
+def test_affinity_score_and_rank(engine_factory):
+    """Recency-weighted share and count rank of a value; rank 1 is exactly affinity()."""
+    from engine.expr import parse
+
+    p = Pair(engine_factory)
+    for name, text in (
+        ("rank1", 'affinity_rank(buy.cat, "shoes", 2d) == 1'),
+        ("aff", 'affinity(buy.cat, 2d) == "shoes"'),
+        ("rank2", 'affinity_rank(buy.cat, "shoes", 2d) == 2'),
+        ("share", 'affinity_score(buy.cat, "shoes", 2d) > 0.5'),
+        ("half", 'affinity_score(buy.cat, "shoes", 2d) == 0.5'),
+        ("num", "affinity_score(buy.price where price > 1, 10, 2d) >= 0.75"),
+        ("none", 'not (affinity_score(buy.cat, "shoes", 2d) >= 0)'),
+    ):
+        p.create(name, text)
+
+    def share(uid):
+        return p.ref.evaluate(uid, parse('affinity_score(buy.cat, "shoes", 2d)'))
+
+    def check_rank1_is_affinity():
+        assert p.members("rank1") == p.members("aff")
+
+    p.ingest([ev("ann", "buy", B + H, cat="shoes"), ev("ann", "buy", B + 2 * H, cat="shoes"),
+              ev("bob", "buy", B + H, cat="bags"), ev("bob", "buy", B + 2 * H, cat="bags"),
+              ev("cem", "buy", B + H, cat="shoes"), ev("cem", "buy", B + H, cat="bags"),
+              ev("dan", "buy", B + H, price=10.0), ev("dan", "buy", B + H, price=1.0)])
+    check_rank1_is_affinity()
+    assert p.members("rank1") == {"ann"} and p.members("rank2") == {"cem"}  # cem: a tie, bags later
+    assert p.members("half") == {"cem"} and share("cem") == 0.5
+    assert p.members("none") == {"dan"} and p.members("num") == {"dan"}  # dan has no cat at all
+    p.ingest([ev("ann", "buy", B + 47 * H, cat="bags"), ev("bob", "buy", B + 46 * H, cat="shoes")])
+    check_rank1_is_affinity()
+    assert share("ann") == (2 ** (-46 / 24) + 2 ** (-45 / 24)) / (2 ** (-46 / 24) + 2 ** (-45 / 24) + 1.0)
+    assert p.members("share") == {"bob"} and p.members("rank1") == {"ann"}
+    for t in (B + 2 * D, B + 2 * D + H, B + 2 * D + H + 1, B + 2 * D + 2 * H, B + 2 * D + 2 * H + 1,
+              B + 4 * D + 46 * H, B + 4 * D + 47 * H):
+        p.advance(t)  # departures move both functions; nothing else does
+        check_rank1_is_affinity()
+    assert p.members("none") == {"ann", "bob", "cem", "dan"}
+    # kinds never meet: "1" is not 1, and a bool is not a string
+    p.create("one", 'affinity_score(buy.cat, "1", 2d) == 1 and affinity_rank(buy.cat, 1, 2d) == 2')
+    p.ingest([ev("eve", "buy", p.ref.now_ms, cat="1"), ev("eve", "buy", p.ref.now_ms, cat="1"),
+              ev("eve", "buy", p.ref.now_ms - 1, cat=1.0)])
+    assert p.members("one") == set()
+    p.ingest([ev("eve", "buy", p.ref.now_ms - 2, cat=True)])
+    assert p.ref.evaluate("eve", parse('affinity_rank(buy.cat, "1", 2d)')) == 1.0
 
 
 def test_segments_reference_replace_and_delete(engine_factory):

@@ -6,7 +6,7 @@ import pytest
 
 from engine.errors import ExpressionError
 from engine.expr import ast as A
-from engine.expr import check, compile_expression, parse
+from engine.expr import check, compile_expression, parse, walk
 
 DAY = A.DAY_MS
 RETENTION_30D = 30 * DAY
@@ -169,10 +169,9 @@ def test_zero_windows_are_rejected():
     ("rfm_r(a) >= 4", "rfm_r", 1), ("rfm_f(a) >= 4", "rfm_f", 1), ("rfm_m(a) >= 4", "rfm_m", 1),
     ('trait.x and rfm_tier(a) in ["lost"]', "rfm_tier", 13),
 ])
-def test_population_relative_functions_are_not_available_yet(text, func, col):
-    assert error_of(text) == (f"1:{col}: {func}() is not available yet: population-relative "
-                              "functions arrive in a later version")
-    compile_expression(text, allow_predictive=True)
+def test_population_relative_functions_compile(text, func, col):
+    tree = compile_expression(text)
+    assert any(isinstance(n, A.Rfm) and n.func == func for n in walk(tree))
 
 
 @pytest.mark.parametrize("text", ['score("m") > 0.5', 'bucket("m") == "high"', 'not likely("m", 0.8)'])

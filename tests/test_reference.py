@@ -671,7 +671,7 @@ def test_creation_errors():
     with pytest.raises(ExpressionError):
         ref.create_segment("q", A.Sequence((src("a"), src("b")), 3 * D))
     with pytest.raises(ExpressionError):
-        ref.create_segment("r", cmp(">", A.Rfm("rfm_r", src("buy"), D), 3))
+        ref.create_segment("r", cmp(">", A.Rfm("rfm_r", src("buy"), 3 * D), 3))   # longer than the retention
     assert ref.segment_names() == ["s"]
 
 

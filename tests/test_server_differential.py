@@ -10,9 +10,20 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests import test_differential as diff
-from tests.strategies import Advance, Create, DeleteSegment, DeleteUser, Ingest, Replace, SetTraits, scripts
+from tests.strategies import (
+    DST_BASES_MS,
+    Advance,
+    Create,
+    DeleteSegment,
+    DeleteUser,
+    Ingest,
+    Replace,
+    SetTraits,
+    scripts,
+)
 from tests.test_server_support import served_engine_factory
 
 pytestmark = pytest.mark.ray
@@ -29,7 +40,8 @@ def engine_factory(request, tmp_path_factory):
 _REGRESSIONS = [name for name in dir(diff)
                 if name.startswith("test_") and name not in (
                     "test_random_scripts", "test_random_scripts_long",
-                    "test_random_expressions_on_a_stream")]
+                    "test_random_expressions_on_a_stream", "test_random_scripts_across_dst",
+                    "test_random_expressions_on_a_stream_across_dst")]
 for _name in _REGRESSIONS:
     globals()[_name] = getattr(diff, _name)
 
@@ -37,6 +49,14 @@ for _name in _REGRESSIONS:
 @settings(max_examples=30)
 @given(script=scripts())
 def test_random_scripts_served(engine_factory, script):
+    diff.run_script(engine_factory, script)
+
+
+@settings(max_examples=20)
+@given(script=st.sampled_from(DST_BASES_MS).flatmap(lambda base: scripts(base_ms=base)))
+def test_random_scripts_across_dst_served(engine_factory, script):
+    """Scripts across a DST change, favouring affinity_score, affinity_rank and active_days
+    in a time zone (docs/expressions.md, "Extensions of the spec")."""
     diff.run_script(engine_factory, script)
 
 

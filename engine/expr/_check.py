@@ -13,9 +13,11 @@ from engine.expr._parser import (
     EVENT_FUNCTIONS,
     PROPERTY_FUNCTIONS,
     RFM_FUNCTIONS,
+    VALUE_FUNCTIONS,
     duration_text,
     name_text,
 )
+from engine.expr._zones import is_zone
 
 BOOL, NUMBER, STRING, NULL, ANY = "bool", "number", "string", "null", "any"
 
@@ -162,11 +164,27 @@ class _Checker:
         return BOOL
 
     def t_Aggregate(self, node: A.Aggregate) -> str:
-        if node.func not in EVENT_FUNCTIONS and node.func not in PROPERTY_FUNCTIONS:
-            raise _err(node, f'unknown function "{node.func}"')
-        self.source(node.source, node.func, node.func in PROPERTY_FUNCTIONS)
-        self.window(node, node.window_ms, node.func)
-        return ANY if node.func == "affinity" else NUMBER
+        func = node.func
+        if func not in EVENT_FUNCTIONS and func not in PROPERTY_FUNCTIONS and func not in VALUE_FUNCTIONS:
+            raise _err(node, f'unknown function "{func}"')
+        self.source(node.source, func, func not in EVENT_FUNCTIONS)
+        if func in VALUE_FUNCTIONS:
+            v = node.value
+            if not isinstance(v, A.Literal) or v.kind not in (STRING, NUMBER):
+                raise _err(v if isinstance(v, A.Literal) and v.line else node,
+                           f"the value of {func}() is a literal string or number, as in "
+                           f'{func}({name_text(node.source.event)}.PROP, "shoes", 30d)')
+        elif node.value is not None:
+            raise _err(node, f"{func}() takes no value argument")
+        if node.zone is not None:
+            line, col = (node.zone_line, node.zone_col) if node.zone_line else (node.line, node.col)
+            if func != "active_days":
+                raise ExpressionError(line, col, f"only active_days() takes a time zone, not {func}()")
+            if not is_zone(node.zone):
+                raise ExpressionError(line, col, f'unknown time zone "{node.zone}": use an IANA zone name '
+                                                 'such as "Europe/Istanbul", "America/New_York" or "UTC"')
+        self.window(node, node.window_ms, func)
+        return ANY if func == "affinity" else NUMBER
 
     def t_Since(self, node: A.Since) -> str:
         self.source(node.source, "since", False)
@@ -205,7 +223,6 @@ class _Checker:
     def t_Rfm(self, node: A.Rfm) -> str:
         if node.func not in RFM_FUNCTIONS:
             raise _err(node, f'unknown function "{node.func}"')
-        self.predictive(node, node.func)
         self.source(node.source, node.func, False)
         self.window(node, node.window_ms, node.func)
         return STRING if node.func == "rfm_tier" else NUMBER

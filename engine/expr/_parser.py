@@ -27,6 +27,7 @@ from engine.expr._lexer import (
     tokenize,
 )
 from engine.expr._shape import check_shape
+from engine.expr._zones import is_zone
 from engine.limits import DEFAULT_LIMITS
 
 RFM_DEFAULT_WINDOW_MS = 365 * A.DAY_MS
@@ -35,8 +36,10 @@ EVENT_FUNCTIONS = ("count", "active_days")
 PROPERTY_FUNCTIONS = ("sum", "avg", "min", "max", "distinct", "top_count", "affinity")
 RFM_FUNCTIONS = ("rfm_r", "rfm_f", "rfm_m", "rfm_tier")
 MODEL_FUNCTIONS = ("score", "bucket", "likely")
+# Extensions of the spec (docs/expressions.md): func(E.p [where F], VALUE, W).
+VALUE_FUNCTIONS = ("affinity_score", "affinity_rank")
 FUNCTIONS = frozenset(
-    EVENT_FUNCTIONS + PROPERTY_FUNCTIONS + RFM_FUNCTIONS + MODEL_FUNCTIONS
+    EVENT_FUNCTIONS + PROPERTY_FUNCTIONS + VALUE_FUNCTIONS + RFM_FUNCTIONS + MODEL_FUNCTIONS
     + ("since", "since_first", "until", "sequence", "exists", "near", "segment")
 )
 # Inside ``where`` only exists(PROP) and prop("NAME") (a property whose name is not an
@@ -480,8 +483,15 @@ class _Parser:
             shown = name_text(source.event) + ("." + name_text(source.prop) if source.prop else "")
             wtok = self.window(name, f"{name}({shown}, 7d)")
             window_ms = self.duration(wtok)
+            zone, ztok = None, None
+            if name == "active_days" and self.at_op(","):
+                self.advance()
+                ztok = self.zone_name()
+                zone = ztok.value
+                what = 'an event, a window and an optional time zone such as "Europe/Istanbul"'
             self.close(name, what)
-            return A.Aggregate(name, source, window_ms, tok.line, tok.col, wtok.line, wtok.col)
+            return A.Aggregate(name, source, window_ms, tok.line, tok.col, wtok.line, wtok.col,
+                               zone=zone, zone_line=ztok.line if ztok else 0, zone_col=ztok.col if ztok else 0)
         if name in RFM_FUNCTIONS:
             source = self.source(name, False)
             window_ms, wline, wcol = RFM_DEFAULT_WINDOW_MS, 0, 0
@@ -495,6 +505,59 @@ class _Parser:
             self.close(name, "an event and an optional window")
             return A.Rfm(name, source, window_ms, tok.line, tok.col, wline, wcol)
         raise AssertionError(name)  # every other function has its own method
+
+    def zone_name(self) -> Token:
+        """After ``active_days(E, W,``: an IANA time zone name in quotes."""
+        tok = self.peek()
+        if tok.kind != STR:
+            raise self.expected('a time zone name in quotes, such as "Europe/Istanbul"', tok)
+        self.advance()
+        if not is_zone(tok.value):
+            raise self.error(tok, f'unknown time zone "{tok.value}": use an IANA zone name such as '
+                                  '"Europe/Istanbul", "America/New_York" or "UTC"')
+        return tok
+
+    def call_affinity_score(self, tok: Token) -> A.Expr:
+        return self.value_call(tok)
+
+    def call_affinity_rank(self, tok: Token) -> A.Expr:
+        return self.value_call(tok)
+
+    def value_call(self, tok: Token) -> A.Expr:
+        """``func(E.p [where F], VALUE, W)``: VALUE a literal string or number."""
+        name = tok.value
+        source = self.source(name, True)
+        shown = name_text(source.event) + "." + name_text(source.prop)
+        if not self.at_op(","):
+            if self.at_op(")"):
+                raise self.error(self.peek(), f'{name} needs a value and a time window: write '
+                                              f'{name}({shown}, "VALUE", 7d)')
+            raise self.expected(f'"," and a value in {name}()')
+        self.advance()
+        vtok = self.peek()
+        value = self.value_literal(name, shown)
+        if value.is_duration and self.at_op(")"):
+            raise self.error(vtok, f'{name} needs a value before the window: write {name}({shown}, "VALUE", '
+                                   f"{vtok.text})")
+        wtok = self.window(name, f"{name}({shown}, {vtok.text if vtok.kind != OP else 'VALUE'}, 7d)")
+        window_ms = self.duration(wtok)
+        self.close(name, "a property, a value and a window")
+        return A.Aggregate(name, source, window_ms, tok.line, tok.col, wtok.line, wtok.col, value=value)
+
+    def value_literal(self, func: str, shown: str) -> A.Literal:
+        tok = self.peek()
+        if tok.kind == OP and tok.value == "-":
+            self.advance()
+            return self.negative_literal(tok, f"expected a number after the minus sign in {func}()")
+        if tok.kind in (NUM, QTY, STR):
+            node = self.atom()
+            assert isinstance(node, A.Literal)
+            return node
+        if tok.kind == KW and tok.value in ("true", "false", "null"):
+            raise self.error(tok, f"the value of {func}() is a string or a number, found {tok.value}: "
+                                  f'write e.g. {func}({shown}, "shoes", 30d)')
+        raise self.expected(f'a value (a string or a number) after "," in {func}(), as in '
+                            f'{func}({shown}, "shoes", 30d)', tok)
 
     def call_since(self, tok: Token) -> A.Expr:
         if self.at_kw("trait"):

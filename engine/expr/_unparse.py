@@ -81,7 +81,9 @@ def _bare(node) -> str:
     if isinstance(node, A.ExistsTrait):
         return f"exists(trait.{name_text(node.name)})"
     if isinstance(node, A.Aggregate):
-        return f"{node.func}({_source(node.source)}, {duration_text(node.window_ms)})"
+        value = "" if node.value is None else literal_text(node.value) + ", "
+        zone = "" if node.zone is None else ", " + quote(node.zone)
+        return f"{node.func}({_source(node.source)}, {value}{duration_text(node.window_ms)}{zone})"
     if isinstance(node, A.Since):
         return f"since({_source(node.source)})"
     if isinstance(node, A.SinceFirst):
@@ -199,11 +201,12 @@ def trait_names(expr) -> set[str]:
 
 
 def strip_positions(expr):
-    """A copy of ``expr`` with every position (line, col, window_line, window_col) set to 0."""
+    """A copy of ``expr`` with every position (line, col, window_line, window_col, zone_line,
+    zone_col) set to 0."""
     changes = {}
     for f in dataclasses.fields(expr):
         value = getattr(expr, f.name)
-        if f.name in ("line", "col", "window_line", "window_col"):
+        if f.name in ("line", "col", "window_line", "window_col", "zone_line", "zone_col"):
             changes[f.name] = 0
         elif isinstance(value, tuple):
             changes[f.name] = tuple(strip_positions(v) if dataclasses.is_dataclass(v) else v for v in value)

@@ -140,13 +140,19 @@ class EventSource:
     col: int = 0
 
 
-AGGREGATES = ("count", "sum", "avg", "min", "max", "distinct", "top_count", "active_days", "affinity")
+AGGREGATES = ("count", "sum", "avg", "min", "max", "distinct", "top_count", "active_days", "affinity",
+              "affinity_score", "affinity_rank")
 
 
 @dataclass(frozen=True)
 class Aggregate:
     """``func(source, window)``, func in AGGREGATES. ``count`` and ``active_days`` take an
-    event without a property; the others need ``source.prop``."""
+    event without a property; the others need ``source.prop``.
+
+    Extensions (docs/expressions.md, "Extensions of the spec"): ``affinity_score`` and
+    ``affinity_rank`` are ``func(source, VALUE, window)`` with ``value`` the literal VALUE
+    (a string or a number); ``active_days(source, window, "ZONE")`` has ``zone``, an IANA time
+    zone name whose local calendar days are counted (None: UTC days)."""
 
     func: str
     source: EventSource
@@ -157,6 +163,11 @@ class Aggregate:
     # not part of equality, like every position in practice.
     window_line: int = field(default=0, compare=False)
     window_col: int = field(default=0, compare=False)
+    value: "Literal | None" = None
+    zone: str | None = None
+    # Position of the zone string, for errors about the zone (0 when absent).
+    zone_line: int = field(default=0, compare=False)
+    zone_col: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,10 @@
 A compiled plan (engine/_plan.py) is a set of flat arrays:
 
 - ``leaves[L, 8]`` int64: ``kind, type, column, window_ms, filter_off, filter_len, step_off,
-  step_len`` for every aggregate call (``count``, ``since``, ``sequence`` ...);
+  step_len`` for every aggregate call (``count``, ``since``, ``sequence`` ...); aggregates put
+  in ``step_off`` the constant index of VALUE (``affinity_score``, ``affinity_rank``) or, with
+  ``step_len`` > 0, the first constant of a time zone's offset table (``active_days(E, W,
+  "ZONE")``, see ``_local_day``);
 - ``steps[S, 3]``: ``type, filter_off, filter_len`` of the steps of ``sequence`` calls;
 - ``fprog[F, 4]``: postfix filter programs over one event's arena row;
 - ``prog[P, 4]``: postfix programs over a user (leaves, traits, other segments), one slice
@@ -39,10 +42,18 @@ OP_NEG, OP_ADD, OP_SUB, OP_MUL, OP_DIV = 10, 11, 12, 13, 14
 OP_EQ, OP_NE, OP_LT, OP_LE, OP_GT, OP_GE, OP_IN, OP_BETWEEN = 20, 21, 22, 23, 24, 25, 26, 27
 OP_AND, OP_OR, OP_NOT = 30, 31, 32
 OP_BUCKET = 40   # a1: first of 5 consts (high cut, medium cut, "high", "medium", "low")
+# a1: first of the source's RFM constants, a2: the mode (engine._rfm): RFM_F pops a count;
+# RFM_R / RFM_M / RFM_TIER pop a count and a metric (since / sum / since). Constants: 4
+# boundaries of the score (recency: 4 since-boundaries), for RFM_TIER 4 recency + 4 frequency
+# boundaries and the 25 tier names. Boundaries not computed yet are null: the score is null.
+OP_RFM = 41
+from .._rfm import RFM_F, RFM_M, RFM_R, RFM_TIER  # noqa: E402 - the modes' one definition
 
 # leaf kinds
 L_COUNT, L_SUM, L_AVG, L_MIN, L_MAX, L_DISTINCT, L_TOP, L_DAYS, L_AFF = 1, 2, 3, 4, 5, 6, 7, 8, 9
 L_SINCE, L_SINCE_FIRST, L_SEQ = 10, 11, 12
+# extensions (docs/expressions.md): ``step_off`` holds VALUE's constant index
+L_AFF_SCORE, L_AFF_RANK = 13, 14
 
 MAX_STACK = 64
 
@@ -273,6 +284,10 @@ def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arena, width, h
         if kind == L_COUNT:
             continue
         if kind == L_DAYS:
+            if leaves[j, 7] != 0:  # local days of a time zone: distinct days counted below
+                keys[nk] = _local_day(np.int64(arena[e]), consts, leaves[j, 6], leaves[j, 7])
+                nk += 1
+                continue
             d = np.int64(arena[e]) // DAY_MS
             if d != last_day:
                 days += 1
@@ -289,7 +304,7 @@ def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arena, width, h
                     best = v
                 total += v
                 nnum += 1
-        else:  # distinct / top_count / affinity: collect non-null values
+        else:  # distinct / top_count / affinity (_score, _rank): collect non-null values
             if kind_of(v) != K_NULL:
                 keys[nk] = f2i(v)
                 idx[nk] = k
@@ -298,7 +313,7 @@ def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arena, width, h
     if kind == L_COUNT:
         val = float(cnt)
     elif kind == L_DAYS:
-        val = float(days)
+        val = float(days) if leaves[j, 7] == 0 else float(_distinct_sorted(keys, idx, nk))
     elif kind == L_SUM:
         val = total
     elif kind == L_AVG:
@@ -306,7 +321,11 @@ def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arena, width, h
     elif kind == L_MIN or kind == L_MAX:
         val = best if nnum else null_value()
     elif nk == 0:
-        val = null_value() if kind == L_AFF else 0.0
+        val = null_value() if kind == L_AFF or kind == L_AFF_SCORE or kind == L_AFF_RANK else 0.0
+    elif kind == L_AFF_SCORE:
+        val = _affinity_score(keys, idx, nk, f2i(consts[leaves[j, 6]]), arena, off, w, win)
+    elif kind == L_AFF_RANK:
+        val = _affinity_rank(keys, idx, nk, f2i(consts[leaves[j, 6]]))
     else:  # value-frequency aggregates over the collected (value bits, event index) pairs
         _sort_pairs(keys, idx, nk)
         runs = 0
@@ -343,6 +362,83 @@ def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arena, width, h
             nxt = _min(nxt, _threshold_departure(kind, cop, consts[leaves[j, 9]], val, cnt, col, arena,
                                                  mt, win))
     return val, 0.0, nxt
+
+
+@njit(cache=True, _nrt=False)
+def _local_day(t, consts, off, n):
+    """Local calendar day (days since 1970-01-01) of the instant ``t`` in a time zone whose
+    offset table is ``consts[off:off+n]`` (instants from which an offset applies, the first
+    -inf) and ``consts[off+n:off+2n]`` (the offsets, ms): floor((t + offset(t)) / 1d)."""
+    lo = 0
+    hi = n
+    ft = float(t)
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if consts[off + mid] <= ft:
+            lo = mid
+        else:
+            hi = mid
+    return (t + np.int64(consts[off + n + lo])) // DAY_MS
+
+
+@njit(cache=True, _nrt=False)
+def _distinct_sorted(keys, idx, n):
+    """Number of distinct values among ``keys[:n]`` (sorts them in place)."""
+    _sort_pairs(keys, idx, n)
+    runs = 0
+    for i in range(n):
+        if i == 0 or keys[i] != keys[i - 1]:
+            runs += 1
+    return runs
+
+
+@njit(cache=True, _nrt=False)
+def _affinity_score(keys, idx, n, vkey, arena, off, w, win):
+    """Recency-weighted share of VALUE (bits ``vkey``) among the ``n`` collected values (event
+    indices ``idx``, oldest first): weights 2^((t - t_last) / (W/2)), t_last the latest of the
+    events. That equals the definition's 2^(-(now - t) / (W/2)) weights up to a common factor,
+    so the share is the same at every ``now`` until an event enters or leaves the window."""
+    tref = arena[off + idx[n - 1] * w]
+    half = win / 2.0
+    num = 0.0
+    den = 0.0
+    for i in range(n):
+        wt = 2.0 ** ((arena[off + idx[i] * w] - tref) / half)
+        den += wt
+        if keys[i] == vkey:
+            num += wt
+    return num / den
+
+
+@njit(cache=True, _nrt=False)
+def _affinity_rank(keys, idx, n, vkey):
+    """Rank (1 = favourite) of VALUE (bits ``vkey``) among the collected values, ordered as
+    affinity() picks: by count, ties to the value whose latest event is the latest; null if
+    VALUE is not among them. Sorts the pairs in place."""
+    vrun = 0
+    vlast = -1
+    for i in range(n):
+        if keys[i] == vkey:
+            vrun += 1
+            if idx[i] > vlast:
+                vlast = idx[i]
+    if vrun == 0:
+        return null_value()
+    _sort_pairs(keys, idx, n)
+    rank = 1
+    i = 0
+    while i < n:
+        key = keys[i]
+        run = 0
+        last = -1
+        while i < n and keys[i] == key:
+            run += 1
+            if idx[i] > last:
+                last = idx[i]
+            i += 1
+        if key != vkey and (run > vrun or (run == vrun and last > vlast)):
+            rank += 1
+    return float(rank)
 
 
 @njit(cache=True, _nrt=False)
@@ -647,6 +743,46 @@ def _program(r, now, poff, plen, prog, consts, lv, ls, lnx, traits, member, vst,
             else:
                 vst[sp - 1] = consts[a1 + 4]
             sst[sp - 1] = 0.0
+        elif op == OP_RFM:
+            mode = prog[pc, 2]
+            if mode == RFM_F:
+                cnt = vst[sp - 1]
+                x = cnt
+                sx = 0.0
+                t = nst[sp - 1]
+            else:
+                sp -= 1
+                cnt = vst[sp - 1]
+                x = vst[sp]
+                sx = sst[sp]
+                t = _min(nst[sp - 1], nst[sp])
+                if mode == RFM_M and kind_of(x) != K_NUMBER:
+                    x = 0.0             # events without a value spend nothing
+            nst[sp - 1] = t
+            sst[sp - 1] = 0.0
+            if (kind_of(cnt) != K_NUMBER or not cnt > 0.0 or kind_of(x) != K_NUMBER
+                    or kind_of(consts[a1]) != K_NUMBER):
+                vst[sp - 1] = null_value()
+                continue
+            s = 1
+            if mode == RFM_R or mode == RFM_TIER:
+                for k in range(4):       # recency: since at most the boundary
+                    if x <= consts[a1 + k]:
+                        s += 1
+                    t = _cross(x, sx, consts[a1 + k], 0.0, now, t)
+            else:
+                for k in range(4):
+                    if x >= consts[a1 + k]:
+                        s += 1
+            nst[sp - 1] = t
+            if mode == RFM_TIER:
+                f = 1
+                for k in range(4):
+                    if cnt >= consts[a1 + 4 + k]:
+                        f += 1
+                vst[sp - 1] = consts[a1 + 8 + (s - 1) * 5 + (f - 1)]
+            else:
+                vst[sp - 1] = float(s)
     return vst[0], nst[0]
 
 
