@@ -12,8 +12,10 @@ import time
 from dataclasses import dataclass, field
 
 from ._batch import Rejection, events_from_dicts, prepare_events, prepare_traits
+from . import _rfm
 from ._clock import CLOCKS, Clock, wall_ms
 from ._deltas import Delta, DeltaLog
+from ._history import after_frame as _history_after_frame
 from ._steps import apply_step
 from .durability import frames as F
 from ._models import (ModelCatalog, check_training_rows, merge_training_data, plan_training,
@@ -66,7 +68,9 @@ class Engine:
                  tick_interval_ms: int | None = None, data_dir: str | None = None,
                  rescore_interval: "str | int" = "1h", fsync: str = "interval",
                  snapshot_interval: "str | int" = "5m", max_future: "str | int" = "1d",
-                 limits=None):
+                 rfm_interval: "str | int" = _rfm.DEFAULT_INTERVAL, limits=None,
+                 history_interval: "str | int" = "60s", history_retention: "str | int" = "30d"):
+        from . import _history
         from .limits import Limits
 
         if clock not in CLOCKS:
@@ -75,6 +79,9 @@ class Engine:
         self.retention_ms = parse_duration_ms(retention, "retention")
         # 0 turns the scheduled re-scoring off (scores still follow every event)
         self.rescore_interval_ms = parse_interval_ms(rescore_interval, "rescore_interval")
+        # rfm_* quintile boundaries are recomputed this often (engine clock); 0: on demand only
+        self.rfm_interval_ms = parse_interval_ms(rfm_interval, "rfm_interval")
+        self._rfm = _rfm.RfmState()
         self.limits = limits or Limits(max_future_ms=parse_duration_ms(max_future, "max_future"))
         self._clock = Clock(clock, self.limits)
         self._names = _name_budget(self.limits)
@@ -83,11 +90,14 @@ class Engine:
         self._models = ModelCatalog(data_dir)
         self._registry = SegmentRegistry(self.retention_ms, models=self._models, limits=self.limits)
         self._log = DeltaLog(delta_log_capacity)
+        self._history = _history.new_history(history_interval, history_retention)
         self._applied_now = self._clock.now_ms
         self._last_rescore_ms = self._clock.now_ms
         self._deployed: dict[str, int] = {}
         self._lock = threading.RLock()
         self._store = None
+        from ._goals import GoalBook
+        self._goals = GoalBook()              # goals and their conversion trackers
         self._snapshot_interval_ms = parse_interval_ms(snapshot_interval, "snapshot_interval")
         self._last_snapshot = time.monotonic()
         if data_dir:
@@ -96,6 +106,9 @@ class Engine:
 
             self._store = DurableStore(data_dir, fsync=fsync)
             self.recovery = embedded.recover(self)
+            from ._goals import repair_goals
+
+            self.recovery["orphan_goals_removed"] = repair_goals(self)
         for mv in self._models_to_deploy():     # versions in the data dir not deployed yet
             self._deploy_version(mv)
         self._ticker = None
@@ -172,7 +185,46 @@ class Engine:
         if lsn:
             self._store.wait(lsn)
             self._maybe_snapshot()
+        if frame.op != F.RFM and self._rfm.due(frame.now_ms, self.rfm_interval_ms, self._rfm_nodes()):
+            n += self._recompute_rfm(frame.now_ms, scheduled=True)
         return n
+
+    # ------------------------------------------------------------------ rfm
+    def _rfm_nodes(self, extra=None) -> dict:
+        trees = [d.ast for d in self._registry.all()] + ([extra] if extra is not None else [])
+        return _rfm.nodes_by_key(trees)
+
+    def _recompute_rfm(self, now: int, scheduled: bool, nodes: dict | None = None) -> int:
+        """Boundaries of ``nodes`` (default: every rfm source in use) over the population, as
+        one logged RFM frame -> deltas."""
+        nodes = self._rfm_nodes() if nodes is None else nodes
+        if not nodes:
+            return 0
+        metrics = self._core.rfm_values(nodes, now)
+        payload = _rfm.bounds_payload({k: [m] for k, m in metrics.items()}, scheduled)
+        return self._run(F.Frame(F.RFM, now, payload))
+
+    def _rfm_for(self, tree, now: int) -> None:
+        """Before a segment or a preview reads an rfm source for the first time: its
+        boundaries, so that it starts from the population (not from null scores)."""
+        missing = {k: n for k, n in _rfm.nodes_by_key([tree]).items() if k not in self._rfm.bounds}
+        if missing:
+            self._recompute_rfm(now, scheduled=False, nodes=missing)
+
+    def recompute_rfm(self) -> dict:
+        """Recompute every rfm_* source's quintile boundaries now (also done every
+        ``rfm_interval``) -> ``{"boundaries": [...], "deltas": n, "now_ms", "seconds"}``."""
+        with self._lock:
+            t0 = time.perf_counter()
+            now = self._clock_for_op()
+            n = self._recompute_rfm(now, scheduled=True)
+            return {"boundaries": self._rfm.report(list(self._rfm_nodes())), "deltas": n, "now_ms": now,
+                    "seconds": time.perf_counter() - t0}
+
+    def rfm_boundaries(self) -> list[dict]:
+        """The boundaries in use, one dict per rfm source (see ``engine._rfm``)."""
+        with self._lock:
+            return self._rfm.report(list(self._rfm_nodes()))
 
     def _apply(self, frame: F.Frame) -> int:
         """The frame's steps on the one core, phase by phase, and its effects here."""
@@ -181,6 +233,7 @@ class Engine:
             if phase[0] is not None:
                 batch = apply_step(self._core, *phase[0])
                 self._log.append(batch)
+                self._goals.on_batch(batch)
                 n += len(batch)
         self._applied_now = max(self._applied_now, frame.now_ms)
         if frame.op in (F.SEGMENT_CREATE, F.SEGMENT_REPLACE):
@@ -191,8 +244,13 @@ class Engine:
             self._deployed[frame.payload[0]] = int(frame.payload[1])
         elif frame.op == F.MODEL_DROP:
             self._deployed.pop(frame.payload, None)
+        elif frame.op in (F.GOAL_CREATE, F.GOAL_DELETE):
+            self._goals.apply_frame(frame)
+        elif frame.op == F.RFM:
+            self._rfm.apply(frame.payload, frame.now_ms)
         if frame.op == F.RESCORE or frame.rescore is not None:
             self._last_rescore_ms = frame.now_ms
+        _history_after_frame(self._history, frame, self._core, self._registry)
         return n
 
     def _rescore_due(self, frame: F.Frame):
@@ -254,6 +312,10 @@ class Engine:
 
     def set_traits_many(self, updates) -> IngestResult:
         """Several trait updates ``(user_id, traits, timestamp_ms)`` as one batch."""
+        from ._goals import check_user_traits
+
+        updates = list(updates)
+        check_user_traits(updates)
         with self._lock:
             before = self._clock_for_op()
             cols, rejections = prepare_traits(list(updates), now_ms=before,
@@ -275,6 +337,7 @@ class Engine:
         with self._lock:
             now = self._clock_for_op()
             defn = self._registry.validate(name, expression, description, now_ms=now)
+            self._rfm_for(defn.ast, now)
             self._run(F.Frame(F.SEGMENT_CREATE, now, defn))
             return self._info(name)
 
@@ -283,9 +346,11 @@ class Engine:
         with self._lock:
             now = self._clock_for_op()
             old = self._registry.get(name)
+            self._goals.check_segment_change(name, "replace")
             defn = self._registry.validate(name, expression,
                                            old.description if description is None else description,
                                            replacing=True, now_ms=now)
+            self._rfm_for(defn.ast, now)
             self._run(F.Frame(F.SEGMENT_REPLACE, now, defn))
             return self._info(name)
 
@@ -293,6 +358,7 @@ class Engine:
         """Stop maintaining a segment (EXIT deltas). Raises UnknownSegment."""
         with self._lock:
             now = self._clock_for_op()
+            self._goals.check_segment_change(name, "delete")
             self._registry.check_delete(name)
             info = self._info(name)
             self._run(F.Frame(F.SEGMENT_DELETE, now, name))
@@ -311,12 +377,20 @@ class Engine:
         with self._lock:
             now = self._clock_for_op()
             defn = self._registry.validate_expression(expression, now_ms=now)
+            self._rfm_for(defn.ast, now)
             return self._core.preview(defn, now, sample)
 
     def members(self, name: str) -> set[str]:
         with self._lock:
             self._registry.get(name)
             return set(self._core.members(name))
+
+    def segment_history(self, name: str):
+        """The segment's size sampled every ``history_interval`` of the engine clock
+        (``SegmentHistory``: ``samples`` of ``(time_ms, size)``). Raises UnknownSegment."""
+        with self._lock:
+            self._registry.get(name)
+            return self._history.view(name)
 
     # ------------------------------------------------------------------ users
     def user_segments(self, user_id: str) -> list[str]:
@@ -411,6 +485,32 @@ class Engine:
         """Score every user again now (also done every ``rescore_interval``); returns deltas."""
         with self._lock:
             return self._run(F.Frame(F.RESCORE, self._clock_for_op(), (0, 1)))
+
+    # ------------------------------------------------------------------ goals
+    def create_goal(self, name: str, segment: str, target: str, end_ms: int,
+                    control_fraction: float = 0.1, minimize: bool = False):
+        """A goal over the members of ``segment`` now: forecast of ``target`` by ``end_ms``,
+        control split, micro-segments ``goal:NAME:most|moderately|least|control``
+        (engine._goals, docs/goals.md) -> GoalInfo."""
+        from . import _goals
+
+        return _goals.create_goal(self, name, segment, target, end_ms, control_fraction, minimize)
+
+    def get_goal(self, name: str):
+        from . import _goals
+
+        return _goals.get_goal(self, name)
+
+    def list_goals(self) -> list:
+        from . import _goals
+
+        return _goals.list_goals(self)
+
+    def delete_goal(self, name: str):
+        """Forget a goal: its segments and traits go (its model stays) -> its last GoalInfo."""
+        from . import _goals
+
+        return _goals.delete_goal(self, name)
 
     # ------------------------------------------------------------------ output
     def deltas(self, after_sequence: int = 0, segments=None) -> list[Delta]:

@@ -9,6 +9,7 @@
     rtseg scale --shards N
     rtseg clock NOW_MS                                     (event clock only)
     rtseg health
+    rtseg report segment|goal NAME [--out FILE.png]        PNG charts (size over time, goals)
     rtseg bench ...                                        (the bench/ package, when present)
 
 Every operator command takes ``--target`` or ``--server`` (``RTSEG_TARGET``), ``--token``
@@ -108,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     clock = sub.add_parser("clock", parents=[client], help="advance the event clock")
     clock.add_argument("now_ms", type=int)
     sub.add_parser("health", parents=[client], help="the server's health status")
+    report = sub.add_parser("report", help="PNG charts of a segment or a goal")
+    rsub = report.add_subparsers(dest="report_command", metavar="KIND")
+    rsub.required = True
+    for kind, text in (("segment", "a segment's size over time"), ("goal", "a goal's progress")):
+        r = rsub.add_parser(kind, parents=[client], help=text)
+        r.add_argument("name")
+        r.add_argument("--out", default=None, metavar="FILE.png",
+                       help=f"where to write the chart (default: {kind}-NAME.png)")
     sub.add_parser("bench", add_help=False, help="benchmarks (the bench package)")
     return parser
 
@@ -399,6 +408,8 @@ def _run_operator(args) -> int:
         return _run_model(args)
     if args.command == "watch":
         return _run_watch(args)
+    if args.command == "report":
+        return _run_report(args)
     with _client(args) as c:
         if args.command == "user":
             _print_json(c.delete_user(args.user_id) if args.delete else c.get_user(args.user_id))
@@ -412,6 +423,21 @@ def _run_operator(args) -> int:
             status = c.health()
             print(status)
             return EXIT_OK if status == "SERVING" else EXIT_ERROR
+    return EXIT_OK
+
+
+def _run_report(args) -> int:
+    out = args.out or f"{args.report_command}-{args.name}.png"
+    with _client(args) as c:
+        if args.report_command == "segment":
+            from engine._reports import write_segment_report
+
+            result = write_segment_report(c, args.name, out)
+        else:
+            from engine._goal_report import write_goal_report
+
+            result = write_goal_report(c, args.name, out)
+    _print_json(result if isinstance(result, dict) else {"goal": args.name, "out": str(result or out)})
     return EXIT_OK
 
 

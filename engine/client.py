@@ -257,6 +257,15 @@ class Client:
     def get_segment(self, name: str):
         return self._info(self._call("GetSegment", pb.SegmentRef(name=name)))
 
+    def segment_history(self, name: str):
+        """The segment's sampled sizes, as ``Engine.segment_history`` (NOT_FOUND ->
+        UnknownSegment)."""
+        from engine._history import SegmentHistory
+
+        r = self._call("GetSegmentHistory", pb.SegmentRef(name=name))
+        return SegmentHistory(r.name, [(int(s.time_ms), int(s.size)) for s in r.samples],
+                              int(r.interval_ms), int(r.retention_ms))
+
     def list_segments(self) -> list:
         return [self._info(s) for s in self._call("ListSegments", pb.ListSegmentsRequest()).segments]
 
@@ -340,6 +349,39 @@ class Client:
         reply = self._call("Rescore", pb.RescoreRequest())
         self._last_now_ms = max(self._last_now_ms, int(reply.now_ms))
         return int(reply.deltas)
+
+    def recompute_rfm(self) -> dict:
+        """Recompute the rfm_* quintile boundaries now (as ``Engine.recompute_rfm``)."""
+        reply = self._call("RecomputeRfm", pb.RfmRequest())
+        self._last_now_ms = max(self._last_now_ms, int(reply.now_ms))
+        return {"boundaries": [_rfm_dict(b) for b in reply.boundaries], "deltas": int(reply.deltas),
+                "now_ms": int(reply.now_ms), "seconds": float(reply.seconds)}
+
+    # ------------------------------------------------------------------ goals
+
+    def create_goal(self, name: str, segment: str, target: str, end_ms: int,
+                    control_fraction: float = 0.1, minimize: bool = False):
+        """As ``Engine.create_goal`` -> GoalInfo (engine._goals)."""
+        from engine.server._goals import goal_from_pb
+
+        return goal_from_pb(self._call("CreateGoal", pb.GoalSpec(
+            name=name, segment=segment, target=target, end_ms=int(end_ms),
+            control_fraction=float(control_fraction or 0.0), minimize=bool(minimize))))
+
+    def get_goal(self, name: str):
+        from engine.server._goals import goal_from_pb
+
+        return goal_from_pb(self._call("GetGoal", pb.GoalRef(name=name)))
+
+    def list_goals(self) -> list:
+        from engine.server._goals import goal_from_pb
+
+        return [goal_from_pb(g) for g in self._call("ListGoals", pb.ListGoalsRequest()).goals]
+
+    def delete_goal(self, name: str):
+        from engine.server._goals import goal_from_pb
+
+        return goal_from_pb(self._call("DeleteGoal", pb.GoalRef(name=name)))
 
     # ------------------------------------------------------------------ clock, stats, scale
 
@@ -519,3 +561,9 @@ def _to_dict(msg) -> dict:
             v = list(v)
         out[f.name] = v
     return out
+
+
+def _rfm_dict(b) -> dict:
+    return {"source": b.source, "window_ms": int(b.window_ms), "population": int(b.population),
+            "recency": list(b.recency), "frequency": list(b.frequency), "monetary": list(b.monetary),
+            "computed_ms": int(b.computed_ms)}

@@ -35,6 +35,12 @@ def parse_interval_ms(text: str | int, what: str) -> int:
     return parse(text, what)
 
 
+def _duration(text: str | int, what: str) -> int:
+    from engine._units import parse_duration_ms as parse
+
+    return parse(text, what)
+
+
 def _clock(text: str) -> str:
     if text not in ("wall", "event"):
         raise ConfigError(f"--clock must be 'wall' or 'event', not {text!r}")
@@ -134,6 +140,14 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("rescore_interval", "--rescore-interval", str, "1h",
             "re-score every user with every model this often, as time moves recency "
             "features (0: never)", "DURATION"),
+    _Option("rfm_interval", "--rfm-interval", str, "60s",
+            "recompute the quintile boundaries of rfm_* over the whole population this often "
+            "(engine clock; 0: only on demand, RecomputeRfm)", "DURATION"),
+    _Option("history_interval", "--history-interval", str, "60s",
+            "sample every segment's size this often of the engine clock (GetSegmentHistory; "
+            "0: off)", "DURATION"),
+    _Option("history_retention", "--history-retention", str, "30d",
+            "keep size samples this long", "DURATION"),
     _Option("retrain_interval", "--retrain-interval", str, "24h",
             "train every model made by TrainModel again this long after its last training: a "
             "new version (0: never)", "DURATION"),
@@ -217,7 +231,10 @@ class ServerConfig:
     object_store_mb: int = 256
     max_events_per_type: int = 4096
     rescore_interval: str = "1h"
+    rfm_interval: str = "60s"
     retrain_interval: str = "24h"
+    history_interval: str = "60s"
+    history_retention: str = "30d"
     model_slice_users: int = 50_000
     allow_reset: bool = False
     fsync: str = "interval"
@@ -247,6 +264,9 @@ class ServerConfig:
         parse_duration_ms(self.retention)
         parse_interval_ms(self.rescore_interval, "--rescore-interval")
         parse_interval_ms(self.retrain_interval, "--retrain-interval")
+        parse_interval_ms(self.history_interval, "--history-interval")
+        _duration(self.history_retention, "--history-retention")
+        parse_interval_ms(self.rfm_interval, "--rfm-interval")
         if self.shards is not None and self.shards < 1:
             raise ConfigError(f"shards must be at least 1: {self.shards}")
         if not 1 <= self.max_events_per_type <= 4096:
@@ -265,6 +285,20 @@ class ServerConfig:
     def rescore_interval_ms(self) -> int:
         """0: no scheduled re-scoring."""
         return parse_interval_ms(self.rescore_interval, "--rescore-interval")
+
+    @property
+    def rfm_interval_ms(self) -> int:
+        """0: boundaries only on demand."""
+        return parse_interval_ms(self.rfm_interval, "--rfm-interval")
+
+    @property
+    def history_interval_ms(self) -> int:
+        """0: no size sampling."""
+        return parse_interval_ms(self.history_interval, "--history-interval")
+
+    @property
+    def history_retention_ms(self) -> int:
+        return _duration(self.history_retention, "--history-retention")
 
     @property
     def retrain_interval_ms(self) -> int:

@@ -79,3 +79,19 @@ class LimitExceeded(ConfigError):
 
 class Overloaded(EngineError):
     """A bound was reached (a full queue, too many subscribers); retry with backoff."""
+
+
+class GoalError(EngineError, ValueError):
+    """A goal specification that cannot be used; the message names the field
+    (INVALID_ARGUMENT)."""
+
+
+class GoalExists(EngineError):
+    """A goal with that name already exists (ALREADY_EXISTS)."""
+
+
+class UnknownGoal(EngineError, KeyError):
+    """No goal has that name (NOT_FOUND)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown goal"

@@ -38,6 +38,8 @@ __all__ = [
 
 DAY_MS = 86_400_000
 KIB = 1024
+# traits whose names start so are written by goals only (engine._goals); SetTraits refuses them
+RESERVED_TRAIT_PREFIX = "goal:"
 MIB = 1024 * KIB
 
 

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 
+from engine._history import HISTORY_PART, read_part as read_history, write_part as write_history
 from engine.durability import frames as F
 
 log = logging.getLogger("rtseg.durability")
@@ -85,6 +86,7 @@ def snapshot(eng) -> dict:
         parts = {CORE_PART: S.write_part(tmp, CORE_PART, arrays)}
         dmeta, darrays = deltas_to_arrays(eng._log)
         parts["engine"] = S.write_part(tmp, "engine", darrays)
+        hmeta, parts[HISTORY_PART] = write_history(eng._history, tmp)
         meta = {
             "format": META_FORMAT, "kind": "engine", "clock": eng.clock,
             "now_ms": int(eng._clock.now_ms), "applied_now_ms": int(eng._applied_now),
@@ -92,9 +94,12 @@ def snapshot(eng) -> dict:
             "segments": [F._segment_record(d) for d in topological_order(eng._registry.all())],
             "models": [[n, int(v)] for n, v in sorted(eng._deployed.items())],
             "last_rescore_ms": int(eng._last_rescore_ms),
+            "goals": eng._goals.export_state(),
+            "rfm": eng._rfm.to_dict(),
             "names": eng._names.to_dict() if eng._names is not None else None,
             "deltas": dmeta,
             "part_meta": {CORE_PART: core_meta},
+            "history": hmeta,
         }
         path = store.finish_snapshot(tmp, lsn, meta, parts)
     except BaseException:
@@ -164,5 +169,8 @@ def _restore(eng, ref, parts: dict) -> None:
         eng._registry.put(d)
     eng._deployed = {n: int(v) for n, v in meta["models"]}
     eng._last_rescore_ms = int(meta["last_rescore_ms"])
+    eng._goals.restore_state(meta.get("goals"))
+    read_history(eng._history, ref.path, meta.get("history"))
+    eng._rfm = type(eng._rfm).from_dict(meta.get("rfm"))
     if eng._names is not None and meta.get("names") is not None:
         eng._names = type(eng._names).from_dict(meta["names"], eng.limits)

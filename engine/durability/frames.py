@@ -34,9 +34,13 @@ USER_DELETE = "user_delete"
 MODEL_DEPLOY = "model_deploy"
 MODEL_UPDATE = "model_update"
 MODEL_DROP = "model_drop"
+GOAL_CREATE = "goal_create"      # engine._goals: the definition (a dict); no shard step
+GOAL_DELETE = "goal_delete"      # a goal name; no shard step
+RFM = "rfm"
 
 OPS = frozenset({EVENTS, TRAITS, CLOCK, RESCORE, SEGMENT_CREATE, SEGMENT_REPLACE, SEGMENT_DELETE,
-                 USER_DELETE, MODEL_DEPLOY, MODEL_UPDATE, MODEL_DROP})
+                 USER_DELETE, MODEL_DEPLOY, MODEL_UPDATE, MODEL_DROP, RFM})
+OPS = OPS | {GOAL_CREATE, GOAL_DELETE}
 FORMAT = 1
 
 
@@ -56,7 +60,8 @@ class Frame:
 
     ``payload`` by ``op``: EVENTS EventColumns; TRAITS TraitColumns; SEGMENT_CREATE/REPLACE a
     SegmentDef; SEGMENT_DELETE, USER_DELETE, MODEL_DROP a name; MODEL_DEPLOY ``(name, version,
-    score everyone now)``; MODEL_UPDATE ``(name, (k, n))``; RESCORE ``(k, n)``; CLOCK None.
+    score everyone now)``; MODEL_UPDATE ``(name, (k, n))``; RESCORE ``(k, n)``; CLOCK None;
+    RFM the boundaries ``engine._rfm.bounds_payload`` computed (replayed as they were).
     ``rescore``: the slice ``(k, n)`` of users re-scored right after the operation, or None.
     """
 
@@ -89,7 +94,7 @@ def frame_phases(frame: Frame, before_ms: int, n_shards: int,
         kind = Step.EVENTS if op == EVENTS else Step.TRAITS
         parts = route(frame.payload) if len(frame.payload) else {}
         phases = [[(kind, parts[i], now) if i in parts else advance[i] for i in range(n_shards)]]
-    elif op == CLOCK:
+    elif op in (CLOCK, GOAL_CREATE, GOAL_DELETE):
         phases = [advance]
     else:
         if op == SEGMENT_CREATE:
@@ -106,6 +111,8 @@ def frame_phases(frame: Frame, before_ms: int, n_shards: int,
             step = (Step.DROP_MODEL, frame.payload, now)
         elif op == RESCORE:
             step = (Step.RESCORE, tuple(frame.payload or (0, 1)), now)
+        elif op == RFM:
+            step = (Step.SET_RFM, frame.payload, now)
         elif op == USER_DELETE:
             step = None
         else:

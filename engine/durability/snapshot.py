@@ -499,6 +499,7 @@ def core_snapshot(core) -> tuple[dict[str, np.ndarray], dict]:
         "max_events_per_type": int(core.max_per),
         "segments": sorted(core.defs),
         "models": sorted(core.models),
+        "rfm": {k: list(v) for k, v in core.rfm.items()},
     }
     return flatten_state(state), meta
 
@@ -518,6 +519,10 @@ def restore_core(core, arrays: dict[str, np.ndarray], meta: dict) -> int:
     models = sorted(set(meta.get("models", ())) - set(core.models))
     if models:
         raise UnknownModel(f"restore: model(s) {models} are not deployed on this shard; deploy them first")
+    if meta.get("rfm"):
+        # the boundaries the members were computed with (no evaluation: they are restored)
+        core.rfm.update({k: [float(x) for x in v] for k, v in meta["rfm"].items()})
+        core.plan = core._rebuild()
     before = core.counters.copy()
     n = core.import_state(state)
     core.counters[:] = before + np.asarray(meta["counters"], np.int64)

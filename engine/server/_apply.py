@@ -58,6 +58,7 @@ class FrameApplier:
                         owners[i].append((k, p))
         lsn = gw.store.append(frames) if (log and gw.store is not None) else 0
         handles = gw.shards.submit_round(steps)
+        gw.history_sampler.started(frames)      # a size sample queued behind them, if due
         pending = Pending(frames, handles, owners, phases, lsn, steps, list(gw.shards.clients))
         self.in_flight.append(pending)
         return pending
@@ -112,6 +113,9 @@ class FrameApplier:
             if frame.op in (F.SEGMENT_CREATE, F.SEGMENT_REPLACE):
                 rank = gw.segment_rank()        # a new definition orders its own deltas
             counts.append(sum(gw.sequencer.publish(b, rank) for b in per[k]))
+            for phase in per[k]:
+                for b in phase:
+                    gw.goals.book.on_batch(b)     # goal conversions (engine._goals)
             self.after_publish(frame)
             if frame.op == F.SEGMENT_DELETE:
                 rank = gw.segment_rank()
@@ -135,11 +139,14 @@ class FrameApplier:
 
     def after_publish(self, frame: F.Frame) -> None:
         gw = self.gw
+        if frame.op in (F.GOAL_CREATE, F.GOAL_DELETE):
+            gw.goals.book.apply_frame(frame)
         if frame.op == F.SEGMENT_DELETE:
             if frame.payload in gw.registry:
                 gw.registry.remove(frame.payload)
         if frame.batch_id and frame.reply is not None:
             gw.batches.done(frame.batch_id, frame.reply)
+        gw.rfm.applied(frame)
 
 
 def frame_deployment(gateway, frame: F.Frame) -> Any:

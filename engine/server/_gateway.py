@@ -27,6 +27,7 @@ import numpy as np
 from engine._clock import Clock
 from engine._engine import IngestResult
 from engine.config import ServerConfig
+from engine._history import GatewaySampler, SizeHistory
 from engine.durability import frames as F
 from engine.errors import ClockError
 from engine.server._apply import FrameApplier
@@ -49,6 +50,7 @@ class Gateway:
     def __init__(self, config: ServerConfig, actor_factory: Callable[[int, dict], Any] | None = None):
         from engine._segments import SegmentRegistry
         from engine.server._models import ModelService
+        from engine.server._rfm import RfmService
 
         self.config = config
         self.limits = config.limits()
@@ -66,6 +68,11 @@ class Gateway:
         self.batches = BatchIds(config.batch_id_window)
         self.store = None                        # DurableStore when serving with a data dir
         self.models = ModelService(self)         # the catalog: versions in DATA_DIR/models
+        from engine.server._goals import GoalService
+        self.goals = GoalService(self)           # goals (engine._goals): definitions, trackers
+        self.rfm = RfmService(self, config.rfm_interval_ms)
+        self.history = SizeHistory(config.history_interval_ms, config.history_retention_ms)
+        self.history_sampler = GatewaySampler(self)
         self.registry = SegmentRegistry(retention_ms=self.retention_ms,
                                         models=self.models.catalog, limits=self.limits)
         self.names = _name_budget(self.limits)
@@ -119,6 +126,8 @@ class Gateway:
                                       fsync_interval_ms=self.config.fsync_interval_ms)
         self._tasks.append(asyncio.ensure_future(self.rounds.loop()))
         restored = await _recovery.recover(self, shards)
+        if restored:
+            self.recovery["orphan_goals_removed"] = await self.goals.repair()
         self._tasks.append(asyncio.ensure_future(self._tick_loop()))
         await self.models.start()
         self._tasks.append(asyncio.ensure_future(self.models.schedule_loop()))
@@ -280,6 +289,9 @@ class Gateway:
 
     async def set_traits(self, updates: list[tuple[str, dict, int | None]],
                          batch_id: str = "") -> IngestResult:
+        from engine._goals import check_user_traits
+
+        check_user_traits(updates)               # goal:* traits are the goals' own
         return await self.rounds.submit(TRAITS, updates, n=len(updates), batch_id=batch_id)
 
     async def advance_clock(self, now_ms: int, allow_far_future: bool = False) -> int:
@@ -301,6 +313,8 @@ class Gateway:
         """Create, replace or delete: validated by the registry, applied as one frame."""
         async def run():
             now = self.clock.for_op()
+            if op != F.SEGMENT_CREATE:
+                self.goals.book.check_segment_change(name, "delete" if op == F.SEGMENT_DELETE else "replace")
             if op == F.SEGMENT_DELETE:
                 defn = self.registry.check_delete(name)
                 view = await self._segment_view(defn)
@@ -308,6 +322,7 @@ class Gateway:
             else:
                 defn = self.registry.validate(name, expression, description,
                                               replacing=op == F.SEGMENT_REPLACE, now_ms=now)
+                await self.rfm.ensure(defn.ast, now)
                 payload = defn
             frame = self.frame(op, payload, now)
             frame.rescore = self.models.next_rescore_part(now)
@@ -334,11 +349,20 @@ class Gateway:
             now = self.clock.for_op()
             defn = self.registry.validate(pname, expression, replacing=pname in self.registry,
                                           now_ms=now)
+            await self.rfm.ensure(defn.ast, now)
             await self._move_clock(now)
             parts = await self.shards.each("preview", defn, now, sample)
             size = sum(int(p[0]) for p in parts)
             ids = sorted(u for p in parts for u in p[1])[:sample]
             return size, ids
+        return await self.rounds.barrier(run)
+
+    async def segment_history(self, name: str):
+        """The segment's sampled sizes (``engine._history.SegmentHistory``)."""
+        async def run():
+            self.registry.get(name)
+            await self.history_sampler.settle()
+            return self.history.view(name)
         return await self.rounds.barrier(run)
 
     async def members(self, name: str) -> list[list[str]]:
@@ -441,6 +465,11 @@ class Gateway:
             self.batches = BatchIds(self.config.batch_id_window)
             self.names = _name_budget(self.limits)
             self.models.reset()
+            self.goals.reset()
+            self.rfm = type(self.rfm)(self, self.config.rfm_interval_ms)
+            await self.history_sampler.settle()
+            self.history = SizeHistory(self.config.history_interval_ms,
+                                       self.config.history_retention_ms)
             self.router.reset(len(self.shards))
             self.applier.last_now = self.clock.now_ms
             await self.sequencer.reset()
@@ -471,7 +500,8 @@ class Gateway:
             now = wall_ms()
             dues = self._next_due_ms
             if (dues and all(0 <= d and d > now for d in dues)
-                    and not self.models.rescore_pending(now)):
+                    and not self.models.rescore_pending(now) and not self.history.is_due(now)
+                    and not self.rfm.due_at(now)):
                 continue            # nothing due anywhere (-1: unknown, so tick)
             try:
                 await self.rounds.submit(CLOCK, None)

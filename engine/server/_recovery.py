@@ -54,6 +54,9 @@ async def _snapshot_start(gw, background: bool):
         infos = await asyncio.gather(*[c.snapshot_part(str(tmp), f"shard-{i}", background)
                                        for i, c in enumerate(gw.shards)])
         arrays, meta = _gateway_arrays(gw), _gateway_meta(gw)
+        await gw.history_sampler.settle()        # samples of logged frames are in it
+        meta["history"], harrays = gw.history.export()
+        arrays.update(harrays)
     except BaseException:
         store.abandon_snapshot(tmp)
         raise
@@ -133,6 +136,8 @@ def _gateway_meta(gw) -> dict:
         "segments": [F._segment_record(d) for d in topological_order(gw.registry.all())],
         "models": deployed,
         "models_state": gw.models.export_state(),
+        "goals": gw.goals.export_state(),
+        "rfm": gw.rfm.state.to_dict(),
         "batch_ids": gw.batches.export(),
         "names": gw.names.to_dict() if gw.names is not None else None,
         "deltas": {"first": int(first), "next": int(nxt)},
@@ -237,7 +242,12 @@ async def _restore_snapshot(gw, ref) -> None:
     for d in defs:
         gw.registry.put(d)
     gw.models.restore_state(meta.get("models_state") or {}, {name: int(v) for name, v in meta["models"]})
+    gw.rfm.state = type(gw.rfm.state).from_dict(meta.get("rfm"))
+    gw.history.__init__(gw.config.history_interval_ms, gw.config.history_retention_ms)
+    if meta.get("history"):
+        gw.history.restore(meta["history"], arrays)
     gw.batches.restore(meta.get("batch_ids") or [])
+    gw.goals.restore_state(meta.get("goals"))
     if gw.names is not None and meta.get("names") is not None:
         gw.names = type(gw.names).from_dict(meta["names"], gw.limits)
     gw.events_accepted = int(meta.get("events_accepted", 0))
@@ -257,7 +267,7 @@ async def _replay(gw, after: int) -> tuple[int, int]:
         frames_n += 1
         events_n += n if frame.op == F.EVENTS else 0
         if frame.op not in (F.EVENTS, F.TRAITS, F.CLOCK) or size >= REPLAY_GROUP_EVENTS \
-                or len(group) >= REPLAY_GROUP_FRAMES:
+                or len(group) >= REPLAY_GROUP_FRAMES or gw.history.note(frame.now_ms) is not None:
             await gw.applier.apply(group, log=False)
             group, size = [], 0
     if group:

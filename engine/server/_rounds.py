@@ -152,7 +152,7 @@ class Rounds:
         """Each operation -> its frame (or its error / a known batch's first reply)."""
         frames: list[F.Frame] = []
         owners: list[int] = []           # per op: frame index, or -1
-        for op in ops:
+        for i, op in enumerate(ops):
             try:
                 frame = self.gw.prepare(op)
             except Exception as exc:  # noqa: BLE001 - fails this operation only
@@ -165,6 +165,11 @@ class Rounds:
                 continue
             owners.append(len(frames))
             frames.append(frame)
+            if i + 1 < len(ops) and self.gw.history.note(frame.now_ms) is not None:
+                # sizes are sampled right after this frame: the rest go in the next round
+                self.queue.extendleft(reversed(ops[i + 1:]))
+                del ops[i + 1:]
+                break
         return frames, owners
 
     async def _complete(self, ops, frames, owners, pending, prev) -> None:

@@ -53,6 +53,8 @@ async def _add_shards(gw, made: list) -> None:
     now = gw.applier.last_now
     await gw.models.deploy_to_new_shards(clients)
     steps = [(Step.CREATE_SEGMENT, d, now) for d in topological_order(gw.registry.all())]
+    if gw.rfm.state.bounds:          # the boundaries every shard scores against, first
+        steps.insert(0, (Step.SET_RFM, {"bounds": dict(gw.rfm.state.bounds)}, now))
     if now:
         steps.append((Step.ADVANCE, None, now))
     if steps:

@@ -159,6 +159,12 @@ class SegmentEngineServicer(pb_grpc.SegmentEngineServicer):
         return _segment_pb(await self.gw.get_segment(request.name))
 
     @_unary
+    async def GetSegmentHistory(self, request, context):
+        h = await self.gw.segment_history(request.name)
+        return pb.SegmentHistory(name=h.name, interval_ms=h.interval_ms, retention_ms=h.retention_ms,
+                                 samples=[pb.SizeSample(time_ms=t, size=s) for t, s in h.samples])
+
+    @_unary
     async def ListSegments(self, request, context):
         return pb.SegmentList(segments=[_segment_pb(d) for d in await self.gw.list_segments()])
 
@@ -325,6 +331,43 @@ class SegmentEngineServicer(pb_grpc.SegmentEngineServicer):
     async def Rescore(self, request, context):
         deltas, now = await self.gw.models.rescore()
         return pb.RescoreReply(deltas=deltas, now_ms=now)
+
+    @_unary
+    async def RecomputeRfm(self, request, context):
+        res = await self.gw.rfm.recompute()
+        return pb.RfmReply(boundaries=[pb.RfmBoundaries(**b) for b in res["boundaries"]],
+                           deltas=res["deltas"], now_ms=res["now_ms"], seconds=res["seconds"])
+
+    # ------------------------------------------------------------------ goals
+
+    @_unary
+    async def CreateGoal(self, request, context):
+        from engine.server._goals import goal_to_pb
+
+        return goal_to_pb(await self.gw.goals.create(
+            request.name, request.segment, request.target, int(request.end_ms),
+            float(request.control_fraction), bool(request.minimize)))
+
+    @_unary
+    async def GetGoal(self, request, context):
+        from engine.server._goals import goal_to_pb
+
+        return goal_to_pb(self.gw.goals.get(request.name))
+
+    @_unary
+    async def ListGoals(self, request, context):
+        from engine.server._goals import goal_to_pb
+
+        out = pb.GoalList()
+        for info in self.gw.goals.list():
+            goal_to_pb(info, out.goals.add())
+        return out
+
+    @_unary
+    async def DeleteGoal(self, request, context):
+        from engine.server._goals import goal_to_pb
+
+        return goal_to_pb(await self.gw.goals.delete(request.name))
 
     # ------------------------------------------------------------------ scaling, reset
 
