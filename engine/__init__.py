@@ -8,11 +8,15 @@ The embedded API (no server, no Ray)::
 
 from ._deltas import Delta
 from ._engine import Engine, IngestResult, SegmentInfo
-from .errors import (ClockError, ConfigError, EngineError, ExpressionError, ModelError, ModelInUse,
-                     SegmentExists, SegmentInUse, SequenceTooOld, UnknownModel, UnknownSegment)
+from ._goals import GoalDay, GoalInfo
+from ._history import SegmentHistory
+from .errors import (ClockError, ConfigError, EngineError, ExpressionError, GoalError, GoalExists,
+                     ModelError, ModelInUse, SegmentExists, SegmentInUse, SequenceTooOld, UnknownGoal,
+                     UnknownModel, UnknownSegment)
 
 __all__ = [
     "Engine", "IngestResult", "SegmentInfo", "Delta",
     "EngineError", "ExpressionError", "SegmentExists", "SegmentInUse", "UnknownSegment",
     "ClockError", "ConfigError", "SequenceTooOld", "ModelError", "UnknownModel", "ModelInUse",
+    "GoalInfo", "GoalDay", "GoalError", "GoalExists", "UnknownGoal", "SegmentHistory",
 ]

@@ -117,6 +117,24 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("name")
         r.add_argument("--out", default=None, metavar="FILE.png",
                        help=f"where to write the chart (default: {kind}-NAME.png)")
+    goal = sub.add_parser("goal", help="create, inspect and delete goals (forecast, control group)")
+    gsub = goal.add_subparsers(dest="goal_command", metavar="ACTION")
+    gsub.required = True
+    g = gsub.add_parser("create", parents=[client], help="a goal over a segment's members now")
+    g.add_argument("name")
+    g.add_argument("--segment", required=True)
+    g.add_argument("--event", required=True, dest="goal_target", metavar="EVENT",
+                   help='the target event (GoalSpec.target), e.g. "purchase" or "purchase where value > 50"')
+    end = g.add_mutually_exclusive_group(required=True)
+    end.add_argument("--end-ms", type=int, help="the end, in ms since the epoch")
+    end.add_argument("--within", metavar="DURATION", help="the end as a duration from the engine's now, e.g. 30d")
+    g.add_argument("--control-fraction", type=float, default=0.1)
+    g.add_argument("--minimize", action="store_true", help="a churn-like goal: fewer conversions are better")
+    for action, text in (("get", "a goal's forecast, outcome and uplift"), ("delete", "forget a goal")):
+        gsub.add_parser(action, parents=[client], help=text).add_argument("name")
+    gsub.add_parser("list", parents=[client], help="every goal")
+    sub.add_parser("rfm", parents=[client],
+                   help="recompute the rfm_* quintile boundaries now and print them")
     sub.add_parser("bench", add_help=False, help="benchmarks (the bench package)")
     return parser
 
@@ -410,6 +428,8 @@ def _run_operator(args) -> int:
         return _run_watch(args)
     if args.command == "report":
         return _run_report(args)
+    if args.command == "goal":
+        return _run_goal(args)
     with _client(args) as c:
         if args.command == "user":
             _print_json(c.delete_user(args.user_id) if args.delete else c.get_user(args.user_id))
@@ -417,12 +437,34 @@ def _run_operator(args) -> int:
             _print_json(c.stats())
         elif args.command == "scale":
             _print_json(c.scale(args.shards))
+        elif args.command == "rfm":
+            _print_json(c.recompute_rfm())
         elif args.command == "clock":
             _print_json({"now_ms": c.advance_clock(args.now_ms)})
         elif args.command == "health":
             status = c.health()
             print(status)
             return EXIT_OK if status == "SERVING" else EXIT_ERROR
+    return EXIT_OK
+
+
+def _run_goal(args) -> int:
+    cmd = args.goal_command
+    with _client(args) as c:
+        if cmd == "create":
+            end = args.end_ms
+            if end is None:
+                from engine._units import parse_duration_ms
+
+                end = int(c.stats()["now_ms"]) + parse_duration_ms(args.within, "--within")
+            _print_json(c.create_goal(args.name, args.segment, args.goal_target, end,
+                                      args.control_fraction, args.minimize))
+        elif cmd == "get":
+            _print_json(c.get_goal(args.name))
+        elif cmd == "list":
+            _print_json([dataclasses.asdict(g) for g in c.list_goals()])
+        elif cmd == "delete":
+            _print_json(c.delete_goal(args.name))
     return EXIT_OK
 
 

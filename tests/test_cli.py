@@ -164,6 +164,28 @@ def test_operator_errors(server, env):
 
 
 @pytest.mark.ray
+def test_rfm_and_goal_commands(server, env):
+    from engine.client import Client
+
+    with Client(server.target, TOKEN) as c:
+        c.ingest([{"user_id": f"b{i}", "type": "buy", "timestamp_ms": T0 + 20 + i, "value": float(i)}
+                  for i in range(10)])
+    _json(rtseg("segment", "create", "big", "rfm_m(buy, 30d) == 5", env=env))
+    out = _json(rtseg("rfm", env=env))
+    [b] = out["boundaries"]
+    assert (b["source"], b["population"], b["monetary"]) == ("buy", 10, [2.0, 4.0, 6.0, 8.0])
+    assert _json(rtseg("segment", "get", "big", env=env))["size"] == 2
+    assert _json(rtseg("goal", "list", env=env)) == []
+    r = rtseg("goal", "get", "nope", env=env)
+    assert r.returncode == 1 and "nope" in r.stderr and "does not exist" in r.stderr
+    r = rtseg("goal", "create", "g", "--segment", "missing", "--event", "buy", "--within", "7d", env=env)
+    assert r.returncode == 1 and "missing" in r.stderr, r.stderr
+    r = rtseg("goal", "create", "g", "--segment", "big", "--event", "buy", "--within", "7d",
+              "--control-fraction", "1.5", env=env)
+    assert r.returncode == 1 and "control_fraction" in r.stderr, r.stderr
+
+
+@pytest.mark.ray
 def test_examples_producer_and_consumer(server, env):
     import queue
     import threading
