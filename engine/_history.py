@@ -256,13 +256,11 @@ def core_sizes(core, names: Iterable[str]) -> dict[str, int]:
     names = list(names)
     if not names:
         return {}
-    nrows = int(core.nrows)
-    member = core.member[:nrows]
+    from engine.kernels._counts import slot_counts
+
+    member = core.member
     counts = np.zeros(member.shape[1] * 64, np.int64)
-    step = 1 << 14
-    for a in range(0, nrows, step):
-        block = np.ascontiguousarray(member[a: a + step]).view(np.uint8)
-        counts += np.unpackbits(block, axis=1, bitorder="little").sum(axis=0, dtype=np.int64)
+    slot_counts(member, int(core.nrows), counts)
     return {n: int(counts[core.slots[n]]) for n in names}
 
 

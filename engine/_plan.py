@@ -1,5 +1,5 @@
 """Compilation of segment ASTs into the flat arrays the evaluation kernels run
-(see engine/kernels/_eval.py for the layout). The whole plan is rebuilt whenever the set of
+(their layout: engine/kernels/_layout.py, whose column names build every row here). The whole plan is rebuilt whenever the set of
 segments changes: compiling is cheap, and one plan keeps one kernel call per operation."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from . import _values as V
 from .errors import ExpressionError
 from .expr import ast as A
 from .kernels import _eval as K
+from .kernels import _layout as LY
 
 _AGG_KIND = {"count": K.L_COUNT, "sum": K.L_SUM, "avg": K.L_AVG, "min": K.L_MIN, "max": K.L_MAX,
              "distinct": K.L_DISTINCT, "top_count": K.L_TOP, "active_days": K.L_DAYS,
@@ -48,19 +49,19 @@ class ModelColumns:
 @dataclass
 class Plan:
     names: list[str]            # plan index -> segment name (dependencies first)
-    seg_tab: np.ndarray         # [nseg, 10] int64, see kernels._eval._run
-    dep_list: np.ndarray
-    prog: np.ndarray
-    consts: np.ndarray
-    leaves: np.ndarray
-    steps: np.ndarray
-    fprog: np.ndarray
+    seg_tab: np.ndarray         # int64[nseg, SEG_NCOLS]: one row per segment (kernels/_layout.py)
+    dep_list: np.ndarray        # int64[]: plan indices of referenced segments (SEG_DOFF/SEG_DLEN)
+    prog: np.ndarray            # int64[n, PROG_NCOLS]: the segments' postfix programs
+    consts: np.ndarray          # float64[]: boxed constants
+    leaves: np.ndarray          # int64[n, LEAF_NCOLS]: one row per aggregate call
+    steps: np.ndarray           # int64[n, STEP_NCOLS]: the steps of sequence calls
+    fprog: np.ndarray           # int64[n, PROG_NCOLS]: where-filter programs over one event
 
     @staticmethod
     def empty() -> "Plan":
-        z4 = np.zeros((0, 4), np.int64)
-        return Plan([], np.zeros((0, 10), np.int64), np.zeros(0, np.int64), z4, np.zeros(0),
-                    np.zeros((0, 10), np.int64), np.zeros((0, 3), np.int64), z4)
+        z4 = np.zeros((0, LY.PROG_NCOLS), np.int64)
+        return Plan([], np.zeros((0, LY.SEG_NCOLS), np.int64), np.zeros(0, np.int64), z4, np.zeros(0),
+                    np.zeros((0, LY.LEAF_NCOLS), np.int64), np.zeros((0, LY.STEP_NCOLS), np.int64), z4)
 
     def index(self, name: str) -> int:
         return self.names.index(name)
@@ -122,7 +123,7 @@ class _Compiler:
         return poff, len(self.prog) - poff, loff, len(self.leaves) - loff
 
     def emit(self, op, a1=0, a2=0, a3=0, push=0):
-        self.prog.append((op, a1, a2, a3))
+        self.prog.append(_prog_row(op, a1, a2, a3))
         self.depth += push
         self.max_depth = max(self.max_depth, self.depth)
 
@@ -178,7 +179,7 @@ class _Compiler:
             for step in n.steps:
                 t = self.event_type(step.event)
                 foff, flen = self.filter(step, t)
-                self.steps.append((t, foff, flen))
+                self.steps.append(_step_row(t, foff, flen))
             self.leaf(K.L_SEQ, 0, 0, n.window_ms, 0, 0, soff, len(n.steps))
         elif isinstance(n, A.TraitTime):
             self.timedep = True
@@ -242,7 +243,7 @@ class _Compiler:
         self.emit(K.OP_RFM, self.const_run(consts), mode, push=-1)
 
     def aggregate_extra(self, n: A.Aggregate) -> tuple[int, int]:
-        """The leaf's ``step_off, step_len`` cells, unused by aggregates otherwise: for
+        """The leaf's ``LEAF_AUX, LEAF_AUX_LEN`` cells, unused by aggregates otherwise: for
         affinity_score/affinity_rank the constant index of VALUE (and 0); for active_days with
         a time zone the first constant of the zone's offset table and its number of
         transitions (``slen`` instants in ms, then ``slen`` UTC offsets in ms)."""
@@ -277,7 +278,11 @@ class _Compiler:
 
     def leaf(self, kind, t, col, window, foff, flen, soff=0, slen=0, cop=0, cidx=0):
         q = len(self.leaves) - self._loff  # leaf index relative to the segment's first
-        self.leaves.append((kind, t, col, window, foff, flen, soff, slen, cop, cidx))
+        row = [0] * LY.LEAF_NCOLS
+        row[LY.LEAF_KIND], row[LY.LEAF_TYPE], row[LY.LEAF_COL], row[LY.LEAF_WINDOW] = kind, t, col, window
+        row[LY.LEAF_FOFF], row[LY.LEAF_FLEN], row[LY.LEAF_AUX], row[LY.LEAF_AUX_LEN] = foff, flen, soff, slen
+        row[LY.LEAF_CMP_OP], row[LY.LEAF_CMP_CONST] = cop, cidx
+        self.leaves.append(tuple(row))
         self.emit(K.OP_LEAF, q, push=1)
 
     # -- filters --------------------------------------------------------------------------
@@ -290,7 +295,7 @@ class _Compiler:
         return off, len(self.fprog) - off
 
     def femit(self, op, a1=0, a2=0, a3=0):
-        self.fprog.append((op, a1, a2, a3))
+        self.fprog.append(_prog_row(op, a1, a2, a3))
 
     def foperand(self, n, t):
         if isinstance(n, A.PropRef):
@@ -374,17 +379,21 @@ def build_plan(defs, schema: ShardSchema, slot_of: Callable[[str], int]) -> Plan
         timedep[d.name] = td
         doff = len(dep_list)
         dep_list.extend(pos[x] for x in sorted(c.deps) if x in pos)
-        rows.append((poff, plen, loff, llen, slot_of(d.name), _u64(c.evmask), _u64(c.trmask),
-                     int(td), doff, len(dep_list) - doff))
+        row = [0] * LY.SEG_NCOLS
+        row[LY.SEG_POFF], row[LY.SEG_PLEN], row[LY.SEG_LOFF], row[LY.SEG_LLEN] = poff, plen, loff, llen
+        row[LY.SEG_SLOT], row[LY.SEG_TIMEDEP] = slot_of(d.name), int(td)
+        row[LY.SEG_EVMASK], row[LY.SEG_TRMASK] = _u64(c.evmask), _u64(c.trmask)
+        row[LY.SEG_DOFF], row[LY.SEG_DLEN] = doff, len(dep_list) - doff
+        rows.append(tuple(row))
     return Plan(
         names=names,
-        seg_tab=np.array(rows, dtype=np.int64).reshape(-1, 10),
+        seg_tab=np.array(rows, dtype=np.int64).reshape(-1, LY.SEG_NCOLS),
         dep_list=np.array(dep_list, dtype=np.int64),
-        prog=np.array(c.prog, dtype=np.int64).reshape(-1, 4),
+        prog=np.array(c.prog, dtype=np.int64).reshape(-1, LY.PROG_NCOLS),
         consts=np.array(c.consts, dtype=np.float64),
-        leaves=np.array(c.leaves, dtype=np.int64).reshape(-1, 10),
-        steps=np.array(c.steps, dtype=np.int64).reshape(-1, 3),
-        fprog=np.array(c.fprog, dtype=np.int64).reshape(-1, 4),
+        leaves=np.array(c.leaves, dtype=np.int64).reshape(-1, LY.LEAF_NCOLS),
+        steps=np.array(c.steps, dtype=np.int64).reshape(-1, LY.STEP_NCOLS),
+        fprog=np.array(c.fprog, dtype=np.int64).reshape(-1, LY.PROG_NCOLS),
     )
 
 
@@ -404,6 +413,20 @@ def build_value_plan(trees, schema: ShardSchema) -> Plan:
         raise ExpressionError(1, 1, f'segment("{name}") cannot be used in a model feature')
 
     return build_plan(named, schema, slot_of)
+
+
+def _prog_row(op, a1, a2, a3) -> tuple:
+    """One instruction of ``prog`` / ``fprog`` (columns PROG_*)."""
+    row = [0] * LY.PROG_NCOLS
+    row[LY.PROG_OP], row[LY.PROG_A1], row[LY.PROG_A2], row[LY.PROG_A3] = op, a1, a2, a3
+    return tuple(row)
+
+
+def _step_row(t, foff, flen) -> tuple:
+    """One step of a ``sequence`` (columns STEP_*)."""
+    row = [0] * LY.STEP_NCOLS
+    row[LY.STEP_TYPE], row[LY.STEP_FOFF], row[LY.STEP_FLEN] = t, foff, flen
+    return tuple(row)
 
 
 def _u64(mask: int) -> int:

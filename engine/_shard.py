@@ -204,17 +204,20 @@ class ShardCore(ShardModels, ShardRfm):
             mapping = self.strings.intern(cols.prop_strings)
             KS._remap_strings(vals.view(np.int64), np.arange(1, 1 + len(names), dtype=np.int64),
                               mapping, int(V.STR_TAG), int(V.TAG_MASK), int(V.PAYLOAD_MASK))
-        present_types = np.unique(tids)
+        # the distinct types of a batch by counting (a handful of types: much cheaper than a
+        # hash or a sort over every event)
+        ntypes = len(self.type_names)
+        present_types = np.flatnonzero(np.bincount(tids, minlength=ntypes))
         # arena columns: the value column when a type gets a non-zero value, a property column
         # the first time a type carries that property
-        nz = np.unique(tids[cols.value != 0.0])
+        nz = np.flatnonzero(np.bincount(tids, weights=(cols.value != 0.0), minlength=ntypes))
         for t in nz.tolist():
             self.column(t, VALUE_COLUMN)
         for j, name in enumerate(names):
             col = cols.props[name]
             bits = col.view(np.int64)
             present = ~(np.isnan(col) & ((bits & V.TAG_MASK) != V.STR_TAG) & ((bits & V.TAG_MASK) != V.BOOL_TAG))
-            for t in np.unique(tids[present]).tolist():
+            for t in np.flatnonzero(np.bincount(tids, weights=present, minlength=ntypes)).tolist():
                 self.column(t, name)
         width = max((len(c) + 1 for c in self.type_cols), default=1)
         src = np.full((self._tcap, width), KS.SRC_NULL, np.int64)
@@ -311,9 +314,9 @@ class ShardCore(ShardModels, ShardRfm):
                   rows=None, dry=False):
         """One kernel call: merge touched and due rows, evaluate, turn flips into deltas."""
         if rows is None:
-            due = KE._collect_due(self.timer, self.tblock, TBLOCK_SHIFT, self.nrows, now_ms) \
-                if len(self.plan.names) else _EMPTY_I64
-            rows, evm, trm, isdue, isnew = KE._touched(ev_rows, tids, tr_rows, tmask, due, self.known, self._pos)
+            due = KE.collect_due(self, TBLOCK_SHIFT, now_ms) if len(self.plan.names) else _EMPTY_I64
+            rows, evm, trm, isdue, isnew = KE.touched_rows(ev_rows, tids, tr_rows, tmask, due, self.known,
+                                                           self._pos)
             self.known[rows] = True
         else:
             m = len(rows)
@@ -326,10 +329,8 @@ class ShardCore(ShardModels, ShardRfm):
         if order is None:
             order = np.arange(len(self.plan.names), dtype=np.int64)
             force = np.zeros(len(order), np.bool_)
-        p = self.plan
-        fi, fs, fk = KE._run(rows, evm, trm, isnew, isdue, order, force, dry, p.seg_tab, p.dep_list,
-                             p.prog, p.consts, p.leaves, p.steps, p.fprog, self.arena, self.width, self.h, self.traits, self.member, self.timer,
-                             self.tblock, TBLOCK_SHIFT, now_ms, self.retention_ms, self.max_per)
+        fi, fs, fk = KE.run_segments(self.plan, self, rows, evm, trm, isnew, isdue, order, force, now_ms,
+                                     TBLOCK_SHIFT, dry)
         if dry:
             return rows[fi]
         if not len(fi):

@@ -5,7 +5,7 @@ A model's score lives in a hidden trait column (``\\x00score:NAME``), so ``score
 ``bucket()`` and ``likely()`` compile to trait reads, a re-scored user is re-evaluated
 exactly like a user whose trait changed, and scores move with their users when slots move
 between shards. Feature expressions are compiled into one value plan shared by every model
-(equal texts are computed once), evaluated by ``kernels._eval._values``.
+(equal texts are computed once), evaluated by ``kernels._eval.feature_values``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from ._deltas import CAUSE_MODEL_UPDATED, CAUSE_TIME, DeltaBatch
 from ._plan import Plan, build_value_plan
 from .errors import ExpressionError, ModelError, UnknownModel
 from .kernels import _eval as KE
+from .kernels._layout import SEG_EVMASK, SEG_TRMASK
 
 SCORE_PREFIX = "\x00score:"
 PARALLEL_ROWS = 1 << 17
@@ -101,13 +102,8 @@ class ShardModels:
         out = np.empty((len(rows), len(plan.names)), np.float64)
         if len(rows) and len(plan.names):
             rows = np.ascontiguousarray(rows, np.int64)
-            args = (plan.seg_tab, plan.prog, plan.consts, plan.leaves, plan.steps, plan.fprog, self.arena,
-                    self.width, self.h, self.traits, self.member, int(now_ms), self.retention_ms,
-                    self.max_per, out)
-            if len(rows) >= PARALLEL_ROWS:      # a re-score of everyone: every core
-                KE._values(rows, *args)
-            else:                               # a batch's users: no thread hand-off
-                KE._values_chunk(rows, 0, len(rows), *args)
+            # a re-score of everyone: every core; a batch's users: no thread hand-off
+            KE.feature_values(plan, self, rows, int(now_ms), out, parallel=len(rows) >= PARALLEL_ROWS)
         return out
 
     def feature_values(self, features, now_ms: int, user_ids=None):
@@ -153,8 +149,7 @@ class ShardModels:
             rows = self._known_rows()
         else:
             seen = np.zeros(self.nrows, np.bool_)
-            KE._seen_by(self.nrows, len(self.type_names), self.arena, self.width, self.h, self.known,
-                        int(now_ms - self.retention_ms), int(cutoff_ms), seen)
+            KE.seen_by(self, len(self.type_names), int(now_ms - self.retention_ms), int(cutoff_ms), seen)
             rows = np.flatnonzero(seen).astype(np.int64)
         rows = self._in_slice(rows, part)
         hashes = self.users.hashes()[rows].astype(np.uint64)
@@ -257,8 +252,8 @@ class ShardModels:
         ev = 0
         tr = 0
         for row in self._fplan.seg_tab:
-            ev |= int(row[5]) & ((1 << 64) - 1)
-            tr |= int(row[6]) & ((1 << 64) - 1)
+            ev |= int(row[SEG_EVMASK]) & ((1 << 64) - 1)
+            tr |= int(row[SEG_TRMASK]) & ((1 << 64) - 1)
         self._fmask = ev
         self._ftrmask = tr
 

@@ -1,16 +1,11 @@
 """Segment evaluation kernels.
 
-A compiled plan (engine/_plan.py) is a set of flat arrays:
-
-- ``leaves[L, 8]`` int64: ``kind, type, column, window_ms, filter_off, filter_len, step_off,
-  step_len`` for every aggregate call (``count``, ``since``, ``sequence`` ...); aggregates put
-  in ``step_off`` the constant index of VALUE (``affinity_score``, ``affinity_rank``) or, with
-  ``step_len`` > 0, the first constant of a time zone's offset table (``active_days(E, W,
-  "ZONE")``, see ``_local_day``);
-- ``steps[S, 3]``: ``type, filter_off, filter_len`` of the steps of ``sequence`` calls;
-- ``fprog[F, 4]``: postfix filter programs over one event's arena row;
-- ``prog[P, 4]``: postfix programs over a user (leaves, traits, other segments), one slice
-  per segment; ``consts`` holds their boxed constants.
+A compiled plan (engine/_plan.py) is a set of flat int64 tables (``seg_tab``, ``leaves``,
+``steps``, ``prog``, ``fprog``) and the boxed constants ``consts`` they index. Their columns,
+the opcodes and the leaf kinds are named once, in engine/kernels/_layout.py; the kernels
+read them as compile-time constants. Callers outside the kernels use the documented wrappers
+at the end of this module (``run_segments``, ``feature_values``, ``collect_due``,
+``touched_rows``, ``seen_by``), which own the kernels' argument lists.
 
 Values on the program stack are boxed float64 with a **slope**: the derivative of the value
 with respect to ``now`` (``since(E)`` has slope 1, ``until(trait.x)`` slope -1, everything
@@ -28,34 +23,22 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._store import NO_BLOCK, _upper_bound, h_len, h_off, h_start
+from .._rfm import RFM_F, RFM_M, RFM_R, RFM_TIER  # the modes' one definition
 from ._bits import (K_BOOL, K_NULL, K_NUMBER, bool_value, f2i, haversine_m, i2f,
                     is_true, kind_of, null_value, number_or_null, prefetch)
+from ._layout import (  # also read as K.* by the compiler and the tests
+    L_AFF, L_AFF_RANK, L_AFF_SCORE, L_AVG, L_COUNT, L_DAYS, L_DISTINCT, L_MAX, L_MIN, L_SEQ,
+    L_SINCE, L_SINCE_FIRST, L_SUM, L_TOP, LEAF_AUX, LEAF_AUX_LEN, LEAF_CMP_CONST, LEAF_CMP_OP,
+    LEAF_COL, LEAF_FLEN, LEAF_FOFF, LEAF_KIND, LEAF_TYPE, LEAF_WINDOW, MAX_STACK, OP_ADD, OP_AND,
+    OP_BETWEEN, OP_BUCKET, OP_CONST, OP_DIV, OP_EQ, OP_EXISTS_PROP, OP_EXISTS_TRAIT, OP_GE,
+    OP_GT, OP_IN, OP_LE, OP_LEAF, OP_LT, OP_MUL, OP_NE, OP_NEAR, OP_NEG, OP_NOT, OP_OR, OP_PROP,
+    OP_RFM, OP_SEG, OP_SUB, OP_TRAIT, OP_TRAIT_TIME, PROG_A1, PROG_A2, PROG_A3, PROG_OP,
+    SEG_DLEN, SEG_DOFF, SEG_EVMASK, SEG_LLEN, SEG_LOFF, SEG_PLEN, SEG_POFF, SEG_SLOT,
+    SEG_TIMEDEP, SEG_TRMASK, STEP_FLEN, STEP_FOFF, STEP_TYPE)
+from ._store import NO_BLOCK, _upper_bound, h_len, h_off, h_start
 
 INF_MS = np.iinfo(np.int64).max
 DAY_MS = 86_400_000
-
-# program opcodes
-OP_CONST, OP_LEAF, OP_TRAIT, OP_TRAIT_TIME, OP_EXISTS_TRAIT, OP_NEAR, OP_SEG = 1, 2, 3, 4, 5, 6, 7
-OP_PROP, OP_EXISTS_PROP = 8, 9
-OP_NEG, OP_ADD, OP_SUB, OP_MUL, OP_DIV = 10, 11, 12, 13, 14
-OP_EQ, OP_NE, OP_LT, OP_LE, OP_GT, OP_GE, OP_IN, OP_BETWEEN = 20, 21, 22, 23, 24, 25, 26, 27
-OP_AND, OP_OR, OP_NOT = 30, 31, 32
-OP_BUCKET = 40   # a1: first of 5 consts (high cut, medium cut, "high", "medium", "low")
-# a1: first of the source's RFM constants, a2: the mode (engine._rfm): RFM_F pops a count;
-# RFM_R / RFM_M / RFM_TIER pop a count and a metric (since / sum / since). Constants: 4
-# boundaries of the score (recency: 4 since-boundaries), for RFM_TIER 4 recency + 4 frequency
-# boundaries and the 25 tier names. Boundaries not computed yet are null: the score is null.
-OP_RFM = 41
-from .._rfm import RFM_F, RFM_M, RFM_R, RFM_TIER  # noqa: E402 - the modes' one definition
-
-# leaf kinds
-L_COUNT, L_SUM, L_AVG, L_MIN, L_MAX, L_DISTINCT, L_TOP, L_DAYS, L_AFF = 1, 2, 3, 4, 5, 6, 7, 8, 9
-L_SINCE, L_SINCE_FIRST, L_SEQ = 10, 11, 12
-# extensions (docs/expressions.md): ``step_off`` holds VALUE's constant index
-L_AFF_SCORE, L_AFF_RANK = 13, 14
-
-MAX_STACK = 64
 
 # Helpers that never allocate are compiled with ``_nrt=False``: without it, Numba increments
 # and decrements an atomic reference count for every array argument of every call, which
@@ -126,15 +109,15 @@ def _match(ar, e, foff, flen, fprog, consts, st):
         return True
     sp = 0
     for pc in range(foff, foff + flen):
-        op = fprog[pc, 0]
+        op = fprog[pc, PROG_OP]
         if op == OP_PROP:
-            st[sp] = ar[e + fprog[pc, 1]]
+            st[sp] = ar[e + fprog[pc, PROG_A1]]
             sp += 1
         elif op == OP_CONST:
-            st[sp] = consts[fprog[pc, 1]]
+            st[sp] = consts[fprog[pc, PROG_A1]]
             sp += 1
         elif op == OP_EXISTS_PROP:
-            v = ar[e + fprog[pc, 1]]
+            v = ar[e + fprog[pc, PROG_A1]]
             st[sp] = bool_value(kind_of(v) != K_NULL)
             sp += 1
         elif op >= OP_EQ and op <= OP_GE:
@@ -142,12 +125,12 @@ def _match(ar, e, foff, flen, fprog, consts, st):
             st[sp - 1] = _compare(op, st[sp - 1], st[sp])
         elif op == OP_IN:
             x = st[sp - 1]
-            st[sp - 1] = _in(x, consts, fprog[pc, 1], fprog[pc, 2], fprog[pc, 3])
+            st[sp - 1] = _in(x, consts, fprog[pc, PROG_A1], fprog[pc, PROG_A2], fprog[pc, PROG_A3])
         elif op == OP_BETWEEN:
             sp -= 2
             st[sp - 1] = _between(st[sp - 1], st[sp], st[sp + 1])
         elif op == OP_AND:
-            n = fprog[pc, 1]
+            n = fprog[pc, PROG_A1]
             ok = True
             for j in range(sp - n, sp):
                 if not is_true(st[j]):
@@ -155,7 +138,7 @@ def _match(ar, e, foff, flen, fprog, consts, st):
             sp -= n - 1
             st[sp - 1] = bool_value(ok)
         elif op == OP_OR:
-            n = fprog[pc, 1]
+            n = fprog[pc, PROG_A1]
             ok = False
             for j in range(sp - n, sp):
                 if is_true(st[j]):
@@ -205,17 +188,17 @@ def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arena, width, h
 
     The next discontinuity is the earliest of: the next future event entering the window, and
     the departure (``t + W``) of the oldest matching event in the window, or, for a leaf that
-    is compared with a constant (``leaves[j, 8]`` = the comparison, ``leaves[j, 9]`` = the
-    constant), the first departure after which that comparison can change (see
-    ``_threshold_departure``)."""
-    kind = leaves[j, 0]
+    is compared with a constant (``LEAF_CMP_OP`` / ``LEAF_CMP_CONST``), the first departure
+    after which that comparison can change (see ``_threshold_departure``).
+
+    This finds the user's list and the window bounds, then hands over to the kind's own
+    function (``_leaf_count``, ``_leaf_numeric``, ``_leaf_days``, ``_leaf_values``,
+    ``_leaf_since``, ``_sequence``). Scratch: ``fst`` the filter stack, ``keys``/``idx``/``mt``
+    room for one window's (value bits, event index, word position) triples."""
+    kind = leaves[j, LEAF_KIND]
     if kind == L_SEQ:
         return _sequence(j, r, now, leaves, steps, fprog, consts, arena, width, h, fst)
-    t = leaves[j, 1]
-    col = leaves[j, 2]
-    win = leaves[j, 3]
-    foff = leaves[j, 4]
-    flen = leaves[j, 5]
+    t = leaves[j, LEAF_TYPE]
     nxt = INF_MS
     hd = h[r, t]
     if hd == NO_BLOCK:
@@ -231,9 +214,33 @@ def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arena, width, h
     hi = _upper_bound(arena, off, w, base, end, float(now))
     if hi < end:
         nxt = np.int64(arena[off + hi * w])
-
-    if kind == L_SINCE:
+    if kind == L_SINCE or kind == L_SINCE_FIRST:
         lo = _upper_bound(arena, off, w, base, hi, float(now - retention_ms))
+        return _leaf_since(j, now, retention_ms, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst)
+    lo = _upper_bound(arena, off, w, base, hi, float(now - leaves[j, LEAF_WINDOW]))
+    if kind == L_COUNT:
+        return _leaf_count(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, mt)
+    if kind == L_DAYS:
+        return _leaf_days(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, keys, idx, mt)
+    if kind == L_SUM or kind == L_AVG or kind == L_MIN or kind == L_MAX:
+        return _leaf_numeric(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, mt)
+    return _leaf_values(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, keys, idx, mt)
+
+
+# The kind functions below share one signature shape: leaf ``j`` of ``leaves``, its filter in
+# ``fprog`` (stack ``fst``), ``consts``, and the user's list of this type in ``arena`` at word
+# ``off`` with ``w`` words per event, where events ``lo:hi`` are the window (or, for since,
+# the retention) and ``nxt`` is the next future event's time (INF_MS if none). Each returns
+# (boxed value, slope, next discontinuity). They are inlined into ``_leaf`` (``inline="always"``):
+# as calls, passing their arrays cost ~10 % of the evaluation (measured).
+
+@njit(cache=True, _nrt=False, inline="always")
+def _leaf_since(j, now, retention_ms, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst):
+    """``since(E)`` (the latest matching event) and ``since_first(E)`` (the oldest still
+    retained): now - t, slope 1, until the event leaves the retention; +inf if none."""
+    foff = leaves[j, LEAF_FOFF]
+    flen = leaves[j, LEAF_FLEN]
+    if leaves[j, LEAF_KIND] == L_SINCE:
         k = hi - 1
         while k >= lo:
             if _match(arena, off + k * w, foff, flen, fprog, consts, fst):
@@ -241,35 +248,106 @@ def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arena, width, h
                 return float(now - tk), 1.0, _min(nxt, tk + retention_ms)
             k -= 1
         return np.inf, 0.0, nxt
-    if kind == L_SINCE_FIRST:
-        lo = _upper_bound(arena, off, w, base, hi, float(now - retention_ms))
-        for k in range(lo, hi):
-            if _match(arena, off + k * w, foff, flen, fprog, consts, fst):
-                tk = np.int64(arena[off + k * w])
-                return float(now - tk), 1.0, _min(nxt, tk + retention_ms)
-        return np.inf, 0.0, nxt
+    for k in range(lo, hi):
+        if _match(arena, off + k * w, foff, flen, fprog, consts, fst):
+            tk = np.int64(arena[off + k * w])
+            return float(now - tk), 1.0, _min(nxt, tk + retention_ms)
+    return np.inf, 0.0, nxt
 
-    lo = _upper_bound(arena, off, w, base, hi, float(now - win))
-    cop = leaves[j, 8]
-    if kind == L_COUNT and flen == 0:
+
+@njit(cache=True, _nrt=False, inline="always")
+def _departure(j, leaves, consts, arena, win, col, val, cnt, mt, nxt, threshold):
+    """``nxt`` lowered to when events leaving the window may change the leaf: the first
+    matching event's departure, or, for a ``threshold`` kind compared with a constant, the
+    first departure that may flip the comparison. ``mt[:cnt]``: the matching events' word
+    positions, oldest first."""
+    if cnt == 0:
+        return nxt
+    cop = leaves[j, LEAF_CMP_OP]
+    if cop == 0 or not threshold:
+        return _min(nxt, np.int64(arena[mt[0]]) + win)
+    return _min(nxt, _threshold_departure(leaves[j, LEAF_KIND], cop, consts[leaves[j, LEAF_CMP_CONST]],
+                                          val, cnt, col, arena, mt, win))
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _leaf_count(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, mt):
+    """``count(E, W)``: matching events in the window."""
+    win = leaves[j, LEAF_WINDOW]
+    foff = leaves[j, LEAF_FOFF]
+    flen = leaves[j, LEAF_FLEN]
+    if flen == 0:  # every event matches: no scan
         n = hi - lo
         if n > 0:
+            cop = leaves[j, LEAF_CMP_OP]
             if cop == 0:
                 nxt = _min(nxt, np.int64(arena[off + lo * w]) + win)
             else:
-                c = consts[leaves[j, 9]]
+                c = consts[leaves[j, LEAF_CMP_CONST]]
                 now_true = _num_cmp(cop, float(n), c)
                 for k in range(1, n + 1):
                     if _num_cmp(cop, float(n - k), c) != now_true:
                         nxt = _min(nxt, np.int64(arena[off + (lo + k - 1) * w]) + win)
                         break
         return float(hi - lo), 0.0, nxt
+    cnt = 0
+    for k in range(lo, hi):
+        e = off + k * w
+        if _match(arena, e, foff, flen, fprog, consts, fst):
+            mt[cnt] = e
+            cnt += 1
+    val = float(cnt)
+    return val, 0.0, _departure(j, leaves, consts, arena, win, 0, val, cnt, mt, nxt, True)
 
-    first = -1
+
+@njit(cache=True, _nrt=False, inline="always")
+def _leaf_numeric(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, mt):
+    """``sum`` / ``avg`` / ``min`` / ``max`` of a numeric property over the matching events
+    (values that are not numbers are skipped; ``sum`` of none is 0, the others null)."""
+    kind = leaves[j, LEAF_KIND]
+    col = leaves[j, LEAF_COL]
+    win = leaves[j, LEAF_WINDOW]
+    foff = leaves[j, LEAF_FOFF]
+    flen = leaves[j, LEAF_FLEN]
     cnt = 0
     total = 0.0
     nnum = 0
     best = 0.0
+    for k in range(lo, hi):
+        e = off + k * w
+        if flen != 0 and not _match(arena, e, foff, flen, fprog, consts, fst):
+            continue
+        mt[cnt] = e
+        cnt += 1
+        v = arena[e + col]
+        if v == v:
+            if nnum == 0:
+                best = v
+            elif kind == L_MIN and v < best:
+                best = v
+            elif kind == L_MAX and v > best:
+                best = v
+            total += v
+            nnum += 1
+    if kind == L_SUM:
+        val = total
+    elif kind == L_AVG:
+        val = total / nnum if nnum else null_value()
+    else:
+        val = best if nnum else null_value()
+    return val, 0.0, _departure(j, leaves, consts, arena, win, col, val, cnt, mt, nxt, kind == L_SUM)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _leaf_days(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, keys, idx, mt):
+    """``active_days(E, W)``: distinct UTC days (events are in time order, so a day change
+    is a new day), or with a time zone (``LEAF_AUX_LEN`` > 0) distinct local days."""
+    win = leaves[j, LEAF_WINDOW]
+    foff = leaves[j, LEAF_FOFF]
+    flen = leaves[j, LEAF_FLEN]
+    zoff = leaves[j, LEAF_AUX]
+    zlen = leaves[j, LEAF_AUX_LEN]
+    cnt = 0
     days = 0
     last_day = -1
     nk = 0
@@ -277,56 +355,51 @@ def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arena, width, h
         e = off + k * w
         if flen != 0 and not _match(arena, e, foff, flen, fprog, consts, fst):
             continue
-        if first < 0:
-            first = e
         mt[cnt] = e
         cnt += 1
-        if kind == L_COUNT:
+        if zlen != 0:  # local days of a time zone: distinct days counted below
+            keys[nk] = _local_day(np.int64(arena[e]), consts, zoff, zlen)
+            nk += 1
             continue
-        if kind == L_DAYS:
-            if leaves[j, 7] != 0:  # local days of a time zone: distinct days counted below
-                keys[nk] = _local_day(np.int64(arena[e]), consts, leaves[j, 6], leaves[j, 7])
-                nk += 1
-                continue
-            d = np.int64(arena[e]) // DAY_MS
-            if d != last_day:
-                days += 1
-                last_day = d
+        d = np.int64(arena[e]) // DAY_MS
+        if d != last_day:
+            days += 1
+            last_day = d
+    val = float(days) if zlen == 0 else float(_distinct_sorted(keys, idx, nk))
+    return val, 0.0, _departure(j, leaves, consts, arena, win, 0, val, cnt, mt, nxt, True)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _leaf_values(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, keys, idx, mt):
+    """Value-frequency aggregates over a property's non-null values: ``distinct`` (number of
+    values), ``top_count`` (count of the most frequent), ``affinity`` (the most frequent,
+    ties to the latest), ``affinity_score`` / ``affinity_rank`` of VALUE (``consts[LEAF_AUX]``).
+    """
+    kind = leaves[j, LEAF_KIND]
+    col = leaves[j, LEAF_COL]
+    win = leaves[j, LEAF_WINDOW]
+    foff = leaves[j, LEAF_FOFF]
+    flen = leaves[j, LEAF_FLEN]
+    cnt = 0
+    nk = 0
+    for k in range(lo, hi):
+        e = off + k * w
+        if flen != 0 and not _match(arena, e, foff, flen, fprog, consts, fst):
             continue
+        mt[cnt] = e
+        cnt += 1
         v = arena[e + col]
-        if kind == L_SUM or kind == L_AVG or kind == L_MIN or kind == L_MAX:
-            if v == v:
-                if nnum == 0:
-                    best = v
-                elif kind == L_MIN and v < best:
-                    best = v
-                elif kind == L_MAX and v > best:
-                    best = v
-                total += v
-                nnum += 1
-        else:  # distinct / top_count / affinity (_score, _rank): collect non-null values
-            if kind_of(v) != K_NULL:
-                keys[nk] = f2i(v)
-                idx[nk] = k
-                nk += 1
-    # the value
-    if kind == L_COUNT:
-        val = float(cnt)
-    elif kind == L_DAYS:
-        val = float(days) if leaves[j, 7] == 0 else float(_distinct_sorted(keys, idx, nk))
-    elif kind == L_SUM:
-        val = total
-    elif kind == L_AVG:
-        val = total / nnum if nnum else null_value()
-    elif kind == L_MIN or kind == L_MAX:
-        val = best if nnum else null_value()
-    elif nk == 0:
+        if kind_of(v) != K_NULL:
+            keys[nk] = f2i(v)
+            idx[nk] = k
+            nk += 1
+    if nk == 0:
         val = null_value() if kind == L_AFF or kind == L_AFF_SCORE or kind == L_AFF_RANK else 0.0
     elif kind == L_AFF_SCORE:
-        val = _affinity_score(keys, idx, nk, f2i(consts[leaves[j, 6]]), arena, off, w, win)
+        val = _affinity_score(keys, idx, nk, f2i(consts[leaves[j, LEAF_AUX]]), arena, off, w, win)
     elif kind == L_AFF_RANK:
-        val = _affinity_rank(keys, idx, nk, f2i(consts[leaves[j, 6]]))
-    else:  # value-frequency aggregates over the collected (value bits, event index) pairs
+        val = _affinity_rank(keys, idx, nk, f2i(consts[leaves[j, LEAF_AUX]]))
+    else:  # over the collected (value bits, event index) pairs, sorted by value
         _sort_pairs(keys, idx, nk)
         runs = 0
         top = 0
@@ -353,15 +426,8 @@ def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arena, width, h
             val = float(top)
         else:
             val = i2f(top_key)
-    # when it can next change by events leaving the window
-    if first >= 0:
-        if cop == 0 or not (kind == L_COUNT or kind == L_SUM or kind == L_DAYS or kind == L_DISTINCT
-                            or kind == L_TOP):
-            nxt = _min(nxt, np.int64(arena[first]) + win)
-        else:
-            nxt = _min(nxt, _threshold_departure(kind, cop, consts[leaves[j, 9]], val, cnt, col, arena,
-                                                 mt, win))
-    return val, 0.0, nxt
+    return val, 0.0, _departure(j, leaves, consts, arena, win, col, val, cnt, mt, nxt,
+                                kind == L_DISTINCT or kind == L_TOP)
 
 
 @njit(cache=True, _nrt=False)
@@ -529,15 +595,19 @@ def _sift(keys, idx, root, n):
 
 @njit(cache=True, _nrt=False)
 def _sequence(j, r, now, leaves, steps, fprog, consts, arena, width, h, fst):
-    win = leaves[j, 3]
-    soff = leaves[j, 6]
-    slen = leaves[j, 7]
+    """``sequence(S1, S2, ..., W)``: true when the steps ``steps[LEAF_AUX:+LEAF_AUX_LEN]``
+    occur in order (strictly increasing times) within the window; its next discontinuity is
+    the next event of any step's type or, while it holds, the first departure from the
+    window."""
+    win = leaves[j, LEAF_WINDOW]
+    soff = leaves[j, LEAF_AUX]
+    slen = leaves[j, LEAF_AUX_LEN]
     nxt = INF_MS
     lower = float(now - win)  # exclusive bound for the next step's timestamp
     ok = True
     dep = INF_MS  # earliest departure from the window (only matters while it holds)
     for s in range(soff, soff + slen):
-        t = steps[s, 0]
+        t = steps[s, STEP_TYPE]
         hd = h[r, t]
         if hd == NO_BLOCK:
             ok = False
@@ -557,7 +627,7 @@ def _sequence(j, r, now, leaves, steps, fprog, consts, arena, width, h, fst):
         k = _upper_bound(arena, off, w, lo_w, hi, lower)
         found = False
         while k < hi:
-            if _match(arena, off + k * w, steps[s, 1], steps[s, 2], fprog, consts, fst):
+            if _match(arena, off + k * w, steps[s, STEP_FOFF], steps[s, STEP_FLEN], fprog, consts, fst):
                 found = True
                 lower = arena[off + k * w]
                 break
@@ -581,8 +651,8 @@ def _program(r, now, poff, plen, prog, consts, lv, ls, lnx, traits, member, vst,
     gets no timer from the rest of the expression."""
     sp = 0
     for pc in range(poff, poff + plen):
-        op = prog[pc, 0]
-        a1 = prog[pc, 1]
+        op = prog[pc, PROG_OP]
+        a1 = prog[pc, PROG_A1]
         if op == OP_CONST:
             vst[sp] = consts[a1]
             sst[sp] = 0.0
@@ -604,7 +674,7 @@ def _program(r, now, poff, plen, prog, consts, lv, ls, lnx, traits, member, vst,
             if kind_of(v) != K_NUMBER:
                 vst[sp] = null_value()
                 sst[sp] = 0.0
-            elif prog[pc, 2] > 0:
+            elif prog[pc, PROG_A2] > 0:
                 vst[sp] = number_or_null(float(now) - v)
                 sst[sp] = 1.0 if math.isfinite(v) else 0.0
             else:
@@ -617,8 +687,8 @@ def _program(r, now, poff, plen, prog, consts, lv, ls, lnx, traits, member, vst,
             nst[sp] = INF_MS
             sp += 1
         elif op == OP_NEAR:
-            lat = traits[r, prog[pc, 2]]
-            lon = traits[r, prog[pc, 3]]
+            lat = traits[r, prog[pc, PROG_A2]]
+            lon = traits[r, prog[pc, PROG_A3]]
             inside = False
             if kind_of(lat) == K_NUMBER and kind_of(lon) == K_NUMBER:
                 inside = haversine_m(lat, lon, consts[a1], consts[a1 + 1]) <= consts[a1 + 2]
@@ -692,10 +762,10 @@ def _program(r, now, poff, plen, prog, consts, lv, ls, lnx, traits, member, vst,
             x = vst[sp - 1]
             t = nst[sp - 1]
             if kind_of(x) == K_NUMBER and sst[sp - 1] != 0.0:
-                for c in range(a1, a1 + prog[pc, 2]):
+                for c in range(a1, a1 + prog[pc, PROG_A2]):
                     if kind_of(consts[c]) == K_NUMBER:
                         t = _cross(x, sst[sp - 1], consts[c], 0.0, now, t)
-            vst[sp - 1] = _in(x, consts, a1, prog[pc, 2], prog[pc, 3])
+            vst[sp - 1] = _in(x, consts, a1, prog[pc, PROG_A2], prog[pc, PROG_A3])
             sst[sp - 1] = 0.0
             nst[sp - 1] = t
         elif op == OP_BETWEEN:
@@ -744,7 +814,7 @@ def _program(r, now, poff, plen, prog, consts, lv, ls, lnx, traits, member, vst,
                 vst[sp - 1] = consts[a1 + 4]
             sst[sp - 1] = 0.0
         elif op == OP_RFM:
-            mode = prog[pc, 2]
+            mode = prog[pc, PROG_A2]
             if mode == RFM_F:
                 cnt = vst[sp - 1]
                 x = cnt
@@ -793,8 +863,8 @@ def _scratch(seg_tab, max_per):
     one window's (key, index, position) triples."""
     maxleaf = 1
     for s in range(seg_tab.shape[0]):
-        if seg_tab[s, 3] > maxleaf:
-            maxleaf = seg_tab[s, 3]
+        if seg_tab[s, SEG_LLEN] > maxleaf:
+            maxleaf = seg_tab[s, SEG_LLEN]
     return (np.empty(maxleaf, dtype=np.float64), np.empty(maxleaf, dtype=np.float64),
             np.empty(maxleaf, dtype=np.int64), np.empty(MAX_STACK, dtype=np.float64),
             np.empty(MAX_STACK, dtype=np.float64), np.empty(MAX_STACK, dtype=np.int64),
@@ -809,10 +879,10 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
          now, retention_ms, max_per):
     """Evaluate segments ``order`` (plan indices, dependencies first) for user rows ``rows``.
 
-    ``seg_tab[s]`` = prog_off, prog_len, leaf_off, leaf_len, slot, evmask, trmask, timedep,
-    dep_off, dep_len. A segment is evaluated for a row when forced, when the row is new, when
-    the row's touched event types / traits meet the segment's, when the row's timer fired and
-    the segment depends on time, or when a segment it references flipped for that row.
+    ``seg_tab`` columns: engine/kernels/_layout.py (``SEG_*``). A segment is evaluated for a
+    row when forced, when the row is new, when the row's touched event types / traits meet
+    the segment's, when the row's timer fired and the segment depends on time, or when a
+    segment it references flipped for that row.
 
     Row-major: each user is evaluated for every segment before the next user, so its event
     lists, traits and bits stay in cache. Returns flips as (row list index, plan index, kind
@@ -851,22 +921,22 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
         tmin = INF_MS
         for oi in range(order.shape[0]):
             s = order[oi]
-            timedep = seg_tab[s, 7] != 0
-            need = force[oi] or is_new[i] or (evmask[i] & np.uint64(seg_tab[s, 5])) != 0 \
-                or (trmask[i] & np.uint64(seg_tab[s, 6])) != 0 or (is_due[i] and timedep)
+            timedep = seg_tab[s, SEG_TIMEDEP] != 0
+            need = force[oi] or is_new[i] or (evmask[i] & np.uint64(seg_tab[s, SEG_EVMASK])) != 0 \
+                or (trmask[i] & np.uint64(seg_tab[s, SEG_TRMASK])) != 0 or (is_due[i] and timedep)
             if not need and any_flip:
-                for d in range(seg_tab[s, 8], seg_tab[s, 8] + seg_tab[s, 9]):
+                for d in range(seg_tab[s, SEG_DOFF], seg_tab[s, SEG_DOFF] + seg_tab[s, SEG_DLEN]):
                     if flipped[dep_list[d]]:
                         need = True
                         break
             if not need:
                 continue
-            loff = seg_tab[s, 2]
-            for q in range(seg_tab[s, 3]):
+            loff = seg_tab[s, SEG_LOFF]
+            for q in range(seg_tab[s, SEG_LLEN]):
                 lv[q], ls[q], lnx[q] = _leaf(loff + q, r, now, retention_ms, leaves, steps, fprog, consts,
                                              arena, width, h, fst, keys, idx, mt)
             # leaf indices in the program are relative to the segment's first leaf
-            val, nxt = _program(r, now, seg_tab[s, 0], seg_tab[s, 1], prog, consts, lv, ls, lnx, traits,
+            val, nxt = _program(r, now, seg_tab[s, SEG_POFF], seg_tab[s, SEG_PLEN], prog, consts, lv, ls, lnx, traits,
                                 member, vst, sst, nst)
             res = is_true(val)
             if dry:
@@ -876,7 +946,7 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
             else:
                 if timedep and nxt < tmin:
                     tmin = nxt
-                slot = seg_tab[s, 4]
+                slot = seg_tab[s, SEG_SLOT]
                 word = slot >> 6
                 bit = np.uint64(slot & 63)
                 old = ((member[r, word] >> bit) & np.uint64(1)) != 0
@@ -949,11 +1019,11 @@ def _values_chunk(rows, a, b, seg_tab, prog, consts, leaves, steps, fprog, arena
                     prefetch(arena, h_off(hd) + h_start(hd) * width[t])
         r = rows[i]
         for s in range(nf):
-            loff = seg_tab[s, 2]
-            for q in range(seg_tab[s, 3]):
+            loff = seg_tab[s, SEG_LOFF]
+            for q in range(seg_tab[s, SEG_LLEN]):
                 lv[q], ls[q], lnx[q] = _leaf(loff + q, r, now, retention_ms, leaves, steps, fprog, consts,
                                              arena, width, h, fst, keys, idx, mt)
-            val, _ = _program(r, now, seg_tab[s, 0], seg_tab[s, 1], prog, consts, lv, ls, lnx, traits,
+            val, _ = _program(r, now, seg_tab[s, SEG_POFF], seg_tab[s, SEG_PLEN], prog, consts, lv, ls, lnx, traits,
                               member, vst, sst, nst)
             k = kind_of(val)
             if k == K_NUMBER:
@@ -1055,3 +1125,92 @@ def _touched(rows_ev, tids, trows, tmask, due, is_known, pos):
         isnew[i] = not is_known[rows[i]]
         pos[rows[i]] = -1
     return rows[:m], evm[:m], trm[:m], isdue[:m], isnew
+
+
+# -- the kernels' interface ---------------------------------------------------------------
+# One wrapper per public kernel: it owns the kernel's argument list, so callers name what
+# they pass and a change of arguments is made in one place. ``plan`` is an ``engine._plan.Plan``
+# (tables laid out as engine/kernels/_layout.py says). ``state`` is a shard's storage (an
+# ``engine._shard.ShardCore``; any object with these attributes):
+#   arena     float64[words]           every event list: per event ``width[t]`` words, the
+#                                      timestamp (ms) first, then the type's property columns
+#   width     int64[ntypes]            words per event of each type
+#   h         int64[nrows, ntypes]     header of each user's list of each type (NO_BLOCK: none;
+#                                      kernels/_store.py: h_off / h_start / h_len)
+#   traits    float64[nrows, ntraits]  boxed trait values
+#   member    uint64[nrows, nwords]    membership bits (bit ``slot`` of a segment)
+#   timer     int64[nrows]             each user's next possible change (INF_MS: never)
+#   tblock    int64[nblocks]           minimum of ``timer`` over each block of rows
+#   known     bool[nrows]              the row holds a user
+#   nrows     int                      rows in use
+#   retention_ms, max_per: int         event retention; room per list (scratch sizes)
+
+
+def run_segments(plan, state, rows, evmask, trmask, is_new, is_due, order, force, now_ms,
+                 tblock_shift, dry=False):
+    """Evaluate segments for some users (``_run``); updates ``state.member`` and, unless
+    ``dry``, the users' timers (``state.timer`` / ``state.tblock``).
+
+    rows          int64[m]   user rows, unique
+    evmask        uint64[m]  per row: bits (``type_id & 63``) of the event types just appended
+    trmask        uint64[m]  per row: bits (``trait_col & 63``) of the traits just set
+    is_new        bool[m]    per row: first evaluation (every segment is evaluated)
+    is_due        bool[m]    per row: its timer fired (time-dependent segments are evaluated)
+    order         int64[k]   plan indices to evaluate, dependencies first
+    force         bool[k]    per entry of ``order``: evaluate it for every row
+    now_ms        int        the evaluation time
+    tblock_shift  int        log2 of the rows per ``tblock`` entry
+    dry           bool       write nothing; report every row where a segment holds
+
+    Returns (i int64[f], s int64[f], kind int8[f]): ``rows[i]`` flipped in plan index ``s``,
+    kind 1 = ENTER, 2 = EXIT (dry: 1 for every row that holds)."""
+    p = plan
+    return _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
+                p.seg_tab, p.dep_list, p.prog, p.consts, p.leaves, p.steps, p.fprog,
+                state.arena, state.width, state.h, state.traits, state.member, state.timer,
+                state.tblock, tblock_shift, now_ms, state.retention_ms, state.max_per)
+
+
+def feature_values(plan, state, rows, now_ms, out, parallel=False):
+    """Numeric values of the plan's programs (feature expressions, built by
+    ``_plan.build_value_plan``) for user rows ``rows`` (int64[m], C-contiguous) at ``now_ms``,
+    written into ``out`` (float64[m, len(plan.names)]): numbers as they are (``since`` of
+    nothing is +inf), true/false as 1/0, null and strings as NaN. Reads ``state`` only.
+    ``parallel``: chunks of rows on every core (``_values``); otherwise one thread
+    (``_values_chunk``, no thread hand-off for a batch's users). Returns ``out``."""
+    p = plan
+    args = (p.seg_tab, p.prog, p.consts, p.leaves, p.steps, p.fprog, state.arena, state.width,
+            state.h, state.traits, state.member, now_ms, state.retention_ms, state.max_per, out)
+    if parallel:
+        _values(rows, *args)
+    else:
+        _values_chunk(rows, 0, len(rows), *args)
+    return out
+
+
+def collect_due(state, tblock_shift, now_ms):
+    """int64 rows among the first ``state.nrows`` whose timer is due (<= ``now_ms``); their
+    timers are reset to INF_MS and ``state.tblock`` (blocks of ``1 << tblock_shift`` rows)
+    recomputed (``_collect_due``)."""
+    return _collect_due(state.timer, state.tblock, tblock_shift, state.nrows, now_ms)
+
+
+def touched_rows(ev_rows, tids, tr_rows, tmask, due, known, pos):
+    """Merge the rows a batch touched into one unique list with per-row masks (``_touched``).
+
+    ev_rows int64[a], tids int64[a]   rows with appended events and each event's type id
+    tr_rows int64[b], tmask uint64[b] rows with set traits and the traits' bits
+    due     int64[c]                  rows whose timer fired
+    known   bool[nrows]               rows already evaluated once (the others are new)
+    pos     int64[nrows]              scratch, all -1 (left so)
+
+    Returns (rows int64[m], evmask uint64[m], trmask uint64[m], is_due bool[m],
+    is_new bool[m]) in first-seen order: the inputs of ``run_segments``."""
+    return _touched(ev_rows, tids, tr_rows, tmask, due, known, pos)
+
+
+def seen_by(state, ntypes, after_ms, t_ms, out):
+    """``out[r]`` (bool[state.nrows]) = known row ``r`` has a stored event of one of the first
+    ``ntypes`` types with ``after_ms < t <= t_ms`` (``_seen_by``). Returns ``out``."""
+    _seen_by(state.nrows, ntypes, state.arena, state.width, state.h, state.known, after_ms, t_ms, out)
+    return out
