@@ -408,13 +408,7 @@ def _leaf_values(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, keys
         i = 0
         while i < nk:
             key = keys[i]
-            run = 0
-            last = -1
-            while i < nk and keys[i] == key:
-                run += 1
-                if idx[i] > last:
-                    last = idx[i]
-                i += 1
+            i, run, last = _run_of(keys, idx, i, nk)
             runs += 1
             if run > top or (run == top and last > top_last):
                 top = run
@@ -476,6 +470,21 @@ def _affinity_score(keys, idx, n, vkey, arena, off, w, win):
     return num / den
 
 
+@njit(cache=True, _nrt=False, inline="always")
+def _run_of(keys, idx, i, n):
+    """The run of equal ``keys`` starting at ``i`` (pairs sorted by key) -> (the index after
+    it, its length, its latest event index)."""
+    key = keys[i]
+    run = 0
+    last = -1
+    while i < n and keys[i] == key:
+        run += 1
+        if idx[i] > last:
+            last = idx[i]
+        i += 1
+    return i, run, last
+
+
 @njit(cache=True, _nrt=False)
 def _affinity_rank(keys, idx, n, vkey):
     """Rank (1 = favourite) of VALUE (bits ``vkey``) among the collected values, ordered as
@@ -495,13 +504,7 @@ def _affinity_rank(keys, idx, n, vkey):
     i = 0
     while i < n:
         key = keys[i]
-        run = 0
-        last = -1
-        while i < n and keys[i] == key:
-            run += 1
-            if idx[i] > last:
-                last = idx[i]
-            i += 1
+        i, run, last = _run_of(keys, idx, i, n)
         if key != vkey and (run > vrun or (run == vrun and last > vlast)):
             rank += 1
     return float(rank)
