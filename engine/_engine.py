@@ -185,7 +185,7 @@ class Engine:
         if lsn:
             self._store.wait(lsn)
             self._maybe_snapshot()
-        if frame.op != F.RFM and self._rfm.due(frame.now_ms, self.rfm_interval_ms, self._rfm_nodes()):
+        if frame.op != F.RFM and self._rfm.due(frame.now_ms, self.rfm_interval_ms, self._rfm_nodes):
             n += self._recompute_rfm(frame.now_ms, scheduled=True)
         return n
 

@@ -167,9 +167,17 @@ class RfmState:
             self.last_ms = int(now_ms)
 
     def due(self, now_ms: int, interval_ms: int, keys) -> bool:
-        if not interval_ms or not keys:
+        """A scheduled computation is due at ``now_ms``. The schedule ticks every interval
+        whether or not a segment reads a source: a tick without sources does nothing but
+        start the next interval (so ``keys``, the sources in use or a function giving them,
+        is looked at once an interval, not at every operation: finding them walks every
+        segment's expression)."""
+        if not interval_ms or (self.last_ms is not None and now_ms - self.last_ms < interval_ms):
             return False
-        return self.last_ms is None or now_ms - self.last_ms >= interval_ms
+        if keys() if callable(keys) else keys:
+            return True
+        self.last_ms = int(now_ms)
+        return False
 
     def missing(self, keys) -> list[str]:
         return [k for k in keys if k not in self.bounds]

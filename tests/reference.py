@@ -24,8 +24,9 @@ evaluation of ``count(E, W)``, ``since(E)`` and ``sum(E.value, W)`` over every k
 an ``E`` in ``W``, by sorting (boundary k is the value at index ``floor(k * n / 5)``, recency
 taken as ``-since``), at the moments the engine computes them: before a segment (or a
 replacement) first reads a source, at ``recompute_rfm()``, and after any operation that leaves
-the clock ``rfm_interval`` (default 60 s, ``0``: never) past the last scheduled computation
-(then everything is evaluated again, changes with cause TIME). A score is 1 plus the number of
+the clock ``rfm_interval`` (default 60 s, ``0``: never) past the last tick of the schedule
+(then everything is evaluated again, changes with cause TIME; a tick while no segment reads
+a source does nothing but start the next interval). A score is 1 plus the number of
 boundaries the value reaches (recency: ``since <= boundary``); the tier comes from the table
 of EXPRESSIONS.md.
 """
@@ -635,16 +636,17 @@ class ReferenceEngine:
             for uid in sorted(old ^ new[name]):
                 self._emit(name, uid, ENTER if uid in new[name] else EXIT, cause_of(name, uid))
         self._members = new
-        keys = self._rfm_keys()
-        if (not self._in_rfm and keys and self.rfm_interval_ms
+        if (not self._in_rfm and self.rfm_interval_ms
                 and (self._rfm_last is None or self._now - self._rfm_last >= self.rfm_interval_ms)):
-            self._in_rfm = True
-            try:
-                self._compute_rfm(keys)
-                self._rfm_last = self._now
-                self._commit(lambda seg, uid: TIME)
-            finally:
-                self._in_rfm = False
+            keys = self._rfm_keys()
+            self._rfm_last = self._now          # a tick without sources only starts the next interval
+            if keys:
+                self._in_rfm = True
+                try:
+                    self._compute_rfm(keys)
+                    self._commit(lambda seg, uid: TIME)
+                finally:
+                    self._in_rfm = False
 
     # ------------------------------------------------------------------ rfm
 

@@ -66,7 +66,7 @@ class RfmService:
 
     def due_at(self, now: int) -> bool:
         """A computation is due at ``now`` (the wall-clock ticker asks, to move the clock)."""
-        return self.state.due(now, self.interval_ms, self.nodes())
+        return self.state.due(now, self.interval_ms, self.nodes)
 
     def boundaries(self) -> list[dict]:
         return self.state.report(list(self.nodes()))
@@ -83,14 +83,14 @@ class RfmService:
             return
         if self._scheduled is not None and not self._scheduled.done():
             return
-        if not self.state.due(frame.now_ms, self.interval_ms, self.nodes()):
+        if not self.state.due(frame.now_ms, self.interval_ms, self.nodes):
             return
         self._scheduled = asyncio.get_running_loop().create_task(self._run_scheduled())
 
     async def _run_scheduled(self) -> None:
         async def run():
             now = self.gw.clock.for_op()
-            if self.state.due(now, self.interval_ms, self.nodes()):
+            if self.state.due(now, self.interval_ms, self.nodes):
                 await self.compute(now, self.nodes(), scheduled=True)
         try:
             await self.gw.rounds.barrier(run)
