@@ -410,6 +410,64 @@ def rfm_scripts():
     return scripts()
 
 
+def _run_against_reference(eng, ref, ops, bounds_of) -> None:
+    """Apply a random rfm script to an engine and to the reference; after every operation
+    the members of every segment (and, where ``bounds_of`` can tell, the boundaries) agree."""
+    made = 0
+    for kind, arg in ops:
+        if kind == "ingest":
+            eng.ingest(arg)
+            ref.ingest(arg)
+        elif kind == "advance":
+            eng.advance_clock(arg)
+            ref.advance_clock(arg)
+        elif kind == "traits":
+            eng.set_traits(arg[0], {"vip": arg[1]})
+            ref.set_traits(arg[0], {"vip": arg[1]})
+        elif kind == "create":
+            made += 1
+            eng.create_segment(f"s{made}", arg)
+            ref.create_segment(f"s{made}", arg)
+        else:
+            got = eng.recompute_rfm()
+            ref.recompute_rfm()
+            if bounds_of is None:           # served: the boundaries come with the reply
+                for b in got["boundaries"]:
+                    key = f'{b["window_ms"]}:{b["source"]}'
+                    assert b["recency"] + b["frequency"] + b["monetary"] == ref.rfm_bounds()[key], key
+        for k in range(1, made + 1):
+            assert eng.members(f"s{k}") == ref.members(f"s{k}"), (kind, k)
+        if bounds_of is not None:
+            got = {f'{b["window_ms"]}:{b["source"]}': b for b in bounds_of(eng)}
+            for key, bounds in ref.rfm_bounds().items():
+                b = got[key]
+                assert b["recency"] + b["frequency"] + b["monetary"] == bounds, key
+
+
+@pytest.mark.ray
+def test_a_served_engine_and_the_reference_agree_on_random_rfm_scripts(rfm_scripts, tmp_path_factory):
+    """Through gRPC with 2 shards (boundaries on demand and at first use only: the served
+    schedule runs in the background, at moments a script cannot name)."""
+    from hypothesis import HealthCheck, given, settings
+
+    from engine.client import Client
+    from tests.reference import ReferenceEngine
+    from tests.test_server_support import start_server
+
+    srv = start_server(tmp_path_factory, "--shards", "2", "--clock", "event", "--allow-reset",
+                       "--rfm-interval", "0")
+    try:
+        with Client(srv.target, timeout_s=120) as client:
+            @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+            @given(rfm_scripts)
+            def run(ops):
+                client.reset("event", "400d")
+                _run_against_reference(client, ReferenceEngine(retention="400d", rfm_interval=0), ops, None)
+            run()
+    finally:
+        assert srv.stop() == 0, srv.stderr_tail()
+
+
 def test_engine_and_reference_agree_on_random_rfm_scripts(rfm_scripts):
     from hypothesis import HealthCheck, given, settings
 
@@ -420,28 +478,5 @@ def test_engine_and_reference_agree_on_random_rfm_scripts(rfm_scripts):
     def run(ops):
         eng = Engine(retention="400d")         # the default schedule: both follow it
         ref = ReferenceEngine(retention="400d")
-        made = 0
-        for kind, arg in ops:
-            if kind == "ingest":
-                eng.ingest(arg)
-                ref.ingest(arg)
-            elif kind == "advance":
-                eng.advance_clock(arg)
-                ref.advance_clock(arg)
-            elif kind == "traits":
-                eng.set_traits(arg[0], {"vip": arg[1]})
-                ref.set_traits(arg[0], {"vip": arg[1]})
-            elif kind == "create":
-                made += 1
-                eng.create_segment(f"s{made}", arg)
-                ref.create_segment(f"s{made}", arg)
-            else:
-                eng.recompute_rfm()
-                ref.recompute_rfm()
-            for k in range(1, made + 1):
-                assert eng.members(f"s{k}") == ref.members(f"s{k}"), (kind, k)
-            got = {f'{b["window_ms"]}:{b["source"]}': b for b in eng.rfm_boundaries()}
-            for key, bounds in ref.rfm_bounds().items():
-                b = got[key]
-                assert b["recency"] + b["frequency"] + b["monetary"] == bounds, key
+        _run_against_reference(eng, ref, ops, lambda e: e.rfm_boundaries())
     run()
