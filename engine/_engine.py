@@ -318,7 +318,7 @@ class Engine:
         check_user_traits(updates)
         with self._lock:
             before = self._clock_for_op()
-            cols, rejections = prepare_traits(list(updates), now_ms=before,
+            cols, rejections = prepare_traits(updates, now_ms=before,
                                               retention_ms=self.retention_ms, clock=self.clock,
                                               limits=self.limits, names=self._names)
             return self._ingested(F.TRAITS, cols, rejections, before)

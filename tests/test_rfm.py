@@ -97,6 +97,15 @@ def scores_with(pop: dict, bounds: list[float]):
     return out
 
 
+def flat_bounds(boundaries) -> list[float]:
+    """The 12 boundaries (recency, frequency, monetary) of the one source in ``boundaries``
+    (``Engine.rfm_boundaries()`` or a ``recompute_rfm()`` reply's), or of ``b`` itself."""
+    b = boundaries if isinstance(boundaries, dict) else boundaries[0]
+    if not isinstance(boundaries, dict):
+        assert len(boundaries) == 1, boundaries
+    return b["recency"] + b["frequency"] + b["monetary"]
+
+
 def make_segments(eng, source="purchase", window="90d"):
     names = {}
     for func in ("rfm_r", "rfm_f", "rfm_m"):
@@ -169,8 +178,7 @@ def test_users_move_with_time_against_the_last_boundaries_then_with_a_recomputat
     eng = Engine(retention="365d", rfm_interval=0)
     eng.ingest(events)
     names = make_segments(eng)
-    [b] = eng.rfm_boundaries()
-    bounds = b["recency"] + b["frequency"] + b["monetary"]
+    bounds = flat_bounds(eng.rfm_boundaries())
     for step_days in (1, 3, 10, 30):
         eng.advance_clock(eng.now_ms + step_days * DAY)
         pop = metrics(events, eng.now_ms, WINDOW)
@@ -184,16 +192,14 @@ def test_users_move_with_time_against_the_last_boundaries_then_with_a_recomputat
     assert moved > 0 and res["deltas"] > 0
     # and from then on with time against the new boundaries: timers set under the old ones
     # must not make anybody late
-    [b] = eng.rfm_boundaries()
-    bounds = b["recency"] + b["frequency"] + b["monetary"]
+    bounds = flat_bounds(eng.rfm_boundaries())
     for step in (DAY // 3, DAY, 2 * DAY, 5 * DAY, 11 * DAY):
         eng.advance_clock(eng.now_ms + step)
         pop = metrics(events, eng.now_ms, WINDOW)
         assert engine_scores(eng, names) == scores_with(pop, bounds), step
         if step == 2 * DAY:                       # a recomputation between the moves, too
             eng.recompute_rfm()
-            [b] = eng.rfm_boundaries()
-            bounds = b["recency"] + b["frequency"] + b["monetary"]
+            bounds = flat_bounds(eng.rfm_boundaries())
             assert engine_scores(eng, names) == brute_scores(metrics(events, eng.now_ms, WINDOW))
 
 
@@ -208,8 +214,7 @@ def test_a_purchase_moves_its_user_at_once():
     eng = Engine(retention="365d", rfm_interval=0)
     eng.ingest(events)
     names = make_segments(eng)
-    [b] = eng.rfm_boundaries()
-    bounds = b["recency"] + b["frequency"] + b["monetary"]
+    bounds = flat_bounds(eng.rfm_boundaries())
     now = eng.now_ms
     lapsed = sorted(u for u in eng.members("tier_lost"))[0]
     burst = [{"user_id": lapsed, "type": "purchase", "timestamp_ms": now, "value": 500.0}] * 20
@@ -266,7 +271,7 @@ def test_boundaries_and_members_survive_a_restart(tmp_path):
         again.advance_clock(again.now_ms + 5 * DAY)
         pop = metrics(events, again.now_ms, WINDOW)
         b = bounds[0]
-        assert engine_scores(again, names) == scores_with(pop, b["recency"] + b["frequency"] + b["monetary"])
+        assert engine_scores(again, names) == scores_with(pop, flat_bounds(b))
 
 
 # ----------------------------------------------------------------------------- served, 3 shards
@@ -303,7 +308,7 @@ def test_scores_are_global_across_three_shards(tmp_path_factory):
             client.advance_clock(client.now_ms + DAY)
             pop_later = metrics(events, client.now_ms, WINDOW)
             assert engine_scores(client, names) == scores_with(
-                pop_later, b["recency"] + b["frequency"] + b["monetary"])
+                pop_later, flat_bounds(b))
     finally:
         assert srv.stop() == 0, srv.stderr_tail()
 
@@ -347,7 +352,7 @@ def test_boundaries_that_move_down_bring_the_timers_forward():
     eng.recompute_rfm()
     [b] = eng.rfm_boundaries()
     assert b["recency"][3] < before[3]          # the boundaries moved down
-    bounds = b["recency"] + b["frequency"] + b["monetary"]
+    bounds = flat_bounds(b)
     everything = events + burst
     for _ in range(40):
         eng.advance_clock(eng.now_ms + DAY // 4)
@@ -434,14 +439,14 @@ def _run_against_reference(eng, ref, ops, bounds_of) -> None:
             if bounds_of is None:           # served: the boundaries come with the reply
                 for b in got["boundaries"]:
                     key = f'{b["window_ms"]}:{b["source"]}'
-                    assert b["recency"] + b["frequency"] + b["monetary"] == ref.rfm_bounds()[key], key
+                    assert flat_bounds(b) == ref.rfm_bounds()[key], key
         for k in range(1, made + 1):
             assert eng.members(f"s{k}") == ref.members(f"s{k}"), (kind, k)
         if bounds_of is not None:
             got = {f'{b["window_ms"]}:{b["source"]}': b for b in bounds_of(eng)}
             for key, bounds in ref.rfm_bounds().items():
                 b = got[key]
-                assert b["recency"] + b["frequency"] + b["monetary"] == bounds, key
+                assert flat_bounds(b) == bounds, key
 
 
 @pytest.mark.ray
