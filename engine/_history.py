@@ -17,14 +17,11 @@ doubling and shift their live part to the front instead of growing while half is
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-log = logging.getLogger("rtseg.history")
 
 DEFAULT_INTERVAL = "60s"
 DEFAULT_RETENTION = "30d"
@@ -264,78 +261,57 @@ def core_sizes(core, names: Iterable[str]) -> dict[str, int]:
     return {n: int(counts[core.slots[n]]) for n in names}
 
 
+def segment_sizes(core, names: list[str]) -> list[int]:
+    """The sizes of ``names`` on one core, in order (many at once: one pass over the bits)."""
+    if len(names) > 8 and all(n in core.slots for n in names):
+        sizes = core_sizes(core, names)
+        return [sizes[n] for n in names]
+    return [core.segment_size(n) for n in names]
+
+
 # ----------------------------------------------------------------------------- the gateway
 
 class GatewaySampler:
-    """Size samples of a served engine: after a list of frames whose clock passes a boundary
-    is sent to the shards, one ``segment_sizes`` call per shard (all segments at once) is
-    queued behind it, so that it sees the state right after those frames; the replies are
-    summed and recorded by a task of its own, off the round's path."""
+    """Size samples of a served engine, taken inside the rounds: when a frame's clock passes a
+    boundary, every shard gets a ``Step.SIZES`` right after that frame's steps (in the same
+    call as the rest of the round, so a round is never cut short for a sample), and the sizes
+    are summed and recorded when the round is published, in log order."""
 
     def __init__(self, gateway):
         self.gw = gateway
-        self._last: asyncio.Future | None = None
 
     @property
     def history(self) -> SizeHistory:
         return self.gw.history
 
-    def started(self, frames) -> None:
-        """``frames`` were just submitted to the shards (in log order)."""
+    def due(self, frames, k: int) -> tuple[int, list[str]] | None:
+        """Frame ``k`` of ``frames`` (being started, in log order) -> (boundary, the segment
+        names to count) when a sample is due right after it."""
         from engine.durability import frames as F
 
         h = self.history
-        if not h.enabled or not frames:
-            return
-        boundary = None
-        for f in frames:
-            b = h.note(f.now_ms)
-            if b is not None:
-                boundary = b if boundary is None else max(boundary, b)
-        deleted = [f.payload for f in frames if f.op == F.SEGMENT_DELETE]
-        if boundary is None and not deleted:
-            return
-        names: list[str] = []
-        handles: list = []
-        if boundary is not None:
-            h.begin(boundary)
-            live = set(self.gw.registry.names())
-            for f in frames:                  # definitions not published yet
-                if f.op in (F.SEGMENT_CREATE, F.SEGMENT_REPLACE):
-                    live.add(f.payload.name)
-                elif f.op == F.SEGMENT_DELETE:
-                    live.discard(f.payload)
-            names = sorted(live)
-            for c in self.gw.shards.clients:
-                if c.is_ray:
-                    handles.append(c.handle.segment_sizes.remote(names))
-                else:
-                    handles.append(c.call_now("segment_sizes", names))
-        prev = self._last
-        self._last = asyncio.ensure_future(self._record(prev, boundary, names, handles, deleted))
+        b = h.note(frames[k].now_ms)
+        if b is None:
+            return None
+        h.begin(b)
+        live = set(self.gw.registry.names())
+        for f in frames[:k + 1]:              # definitions not published yet
+            if f.op in (F.SEGMENT_CREATE, F.SEGMENT_REPLACE):
+                live.add(f.payload.name)
+            elif f.op == F.SEGMENT_DELETE:
+                live.discard(f.payload)
+        return b, sorted(live)
 
-    async def _record(self, prev, boundary, names: list[str], handles: list, deleted: list) -> None:
-        if prev is not None:
-            await asyncio.wait([prev])            # in log order, after the samples before
-        for n in deleted:
-            self.history.remove(n)
-        if boundary is None:
-            return
-        try:
-            parts = await asyncio.gather(*handles)
-        except Exception as exc:  # noqa: BLE001 - a lost shard: this one sample is skipped
-            log.warning("size sample at %d skipped: %s", boundary, exc)
-            return
+    def record(self, boundary: int, names: list[str], parts: list) -> None:
+        """Published: the shards' sizes of one sample."""
         self.history.record(boundary, {n: int(sum(int(p[j]) for p in parts))
                                        for j, n in enumerate(names)})
 
-    async def settle(self) -> None:
-        """Wait for the samples on their way (before reading or snapshotting the history)."""
-        if self._last is not None:
-            await asyncio.wait([self._last])
+    def published(self, frame) -> None:
+        from engine.durability import frames as F
 
-    def reset(self) -> None:
-        self._last = None
+        if frame.op == F.SEGMENT_DELETE:
+            self.history.remove(frame.payload)
 
 
 def after_frame(history: SizeHistory, frame, core, registry) -> None:

@@ -28,13 +28,15 @@ class Step(IntEnum):
     MODEL_UPDATE = 10     # payload: (model name, (k, n) slice)
     DROP_MODEL = 11       # payload: model name
     SET_RFM = 12          # payload: RFM boundaries (engine._rfm.bounds_payload), TIME deltas
+    SIZES = 13            # payload: segment names; -> their sizes (a size-history sample), no deltas
 
 
 StepTuple = tuple[int, Any, int]
 
 
-def apply_step(core, kind: int, payload: Any, now_ms: int) -> DeltaBatch:
-    """Apply one step to ``core`` (a ShardCore) -> the deltas it caused."""
+def apply_step(core, kind: int, payload: Any, now_ms: int) -> DeltaBatch | list[int]:
+    """Apply one step to ``core`` (a ShardCore) -> the deltas it caused (a SIZES step reads
+    instead: -> the sizes of the segments it names, in order)."""
     if kind == Step.EVENTS:
         return core.apply_events(payload, now_ms)
     if kind == Step.TRAITS:
@@ -62,4 +64,8 @@ def apply_step(core, kind: int, payload: Any, now_ms: int) -> DeltaBatch:
         return DeltaBatch()
     if kind == Step.SET_RFM:
         return core.set_rfm(payload, now_ms)
+    if kind == Step.SIZES:
+        from ._history import segment_sizes
+
+        return segment_sizes(core, payload)
     raise ValueError(f"unknown step kind {kind!r}")

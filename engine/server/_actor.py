@@ -109,12 +109,9 @@ class ShardHost:
     # ------------------------------------------------------------------ reads
 
     def segment_sizes(self, names: list[str]) -> list[int]:
-        if len(names) > 8 and all(n in self.core.slots for n in names):
-            from engine._history import core_sizes      # many: one pass over the bits
+        from engine._history import segment_sizes
 
-            sizes = core_sizes(self.core, names)
-            return [sizes[n] for n in names]
-        return [self.core.segment_size(n) for n in names]
+        return segment_sizes(self.core, names)
 
     def rfm_values(self, nodes: dict, now_ms: int) -> dict:
         """Per rfm source, this shard's population rows (engine/_shard_rfm.py)."""

@@ -15,7 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine._steps import Step
 from engine.durability import frames as F
+
+SAMPLE = -1       # the "phase" of a size-history sample in Pending.owners
 
 
 @dataclass(eq=False)
@@ -28,6 +31,7 @@ class Pending:
     steps: list[list] = field(default_factory=list)      # per shard: the steps sent
     clients: list = field(default_factory=list)          # per shard: the client they went to
     published: list[int] = field(default_factory=list)   # per frame: deltas appended
+    samples: dict[int, tuple[int, list[str]]] = field(default_factory=dict)  # frame -> sample
 
     @property
     def first_lsn(self) -> int:
@@ -46,6 +50,7 @@ class FrameApplier:
         steps: list[list] = [[] for _ in range(n)]
         owners: list[list[tuple[int, int]]] = [[] for _ in range(n)]
         phases = []
+        samples: dict[int, tuple[int, list[str]]] = {}
         for k, frame in enumerate(frames):
             ph = F.frame_phases(frame, self.last_now, n, lambda cols: gw.router.route(cols, n),
                                 gw.router.shard_of_user)
@@ -56,10 +61,16 @@ class FrameApplier:
                     if step is not None:
                         steps[i].append(step)
                         owners[i].append((k, p))
+            sample = gw.history_sampler.due(frames, k) if gw.history.enabled else None
+            if sample is not None:               # the sizes right after this frame
+                samples[k] = sample
+                for i in range(n):
+                    steps[i].append((Step.SIZES, sample[1], frame.now_ms))
+                    owners[i].append((k, SAMPLE))
         lsn = gw.store.append(frames) if (log and gw.store is not None) else 0
         handles = gw.shards.submit_round(steps)
-        gw.history_sampler.started(frames)      # a size sample queued behind them, if due
-        pending = Pending(frames, handles, owners, phases, lsn, steps, list(gw.shards.clients))
+        pending = Pending(frames, handles, owners, phases, lsn, steps, list(gw.shards.clients),
+                          samples=samples)
         self.in_flight.append(pending)
         return pending
 
@@ -99,13 +110,17 @@ class FrameApplier:
         self._done(pending)
         gw = self.gw
         per: list[list[list]] = [[[] for _ in range(np_)] for np_ in pending.phases]
+        sizes: dict[int, list] = {k: [] for k in pending.samples}
         for i, out in enumerate(outs):
             if out is None:
                 continue
             batches, next_due, users = out
             gw.note_shard(i, next_due, users)
             for (k, p), batch in zip(pending.owners[i], batches):
-                per[k][p].append(batch)
+                if p == SAMPLE:
+                    sizes[k].append(batch)
+                else:
+                    per[k][p].append(batch)
         counts = []
         rank = gw.segment_rank()
         for k, frame in enumerate(pending.frames):
@@ -117,6 +132,9 @@ class FrameApplier:
                 for b in phase:
                     gw.goals.book.on_batch(b)     # goal conversions (engine._goals)
             self.after_publish(frame)
+            if k in pending.samples:
+                boundary, names = pending.samples[k]
+                gw.history_sampler.record(boundary, names, sizes[k])
             if frame.op == F.SEGMENT_DELETE:
                 rank = gw.segment_rank()
         await gw.sequencer.wake()
@@ -144,6 +162,7 @@ class FrameApplier:
         if frame.op == F.SEGMENT_DELETE:
             if frame.payload in gw.registry:
                 gw.registry.remove(frame.payload)
+            gw.history_sampler.published(frame)
         if frame.batch_id and frame.reply is not None:
             gw.batches.done(frame.batch_id, frame.reply)
         gw.rfm.applied(frame)

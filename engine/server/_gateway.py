@@ -222,7 +222,8 @@ class Gateway:
     def segment_rank(self) -> dict[str, int]:
         from engine._segments import topological_order
 
-        return {d.name: i for i, d in enumerate(topological_order(self.registry.all()))}
+        return self.registry.derived("rank", lambda defs: {
+            d.name: i for i, d in enumerate(topological_order(defs))})
 
     # ------------------------------------------------------------------ operations -> frames
 
@@ -361,7 +362,6 @@ class Gateway:
         """The segment's sampled sizes (``engine._history.SegmentHistory``)."""
         async def run():
             self.registry.get(name)
-            await self.history_sampler.settle()
             return self.history.view(name)
         return await self.rounds.barrier(run)
 
@@ -467,7 +467,6 @@ class Gateway:
             self.models.reset()
             self.goals.reset()
             self.rfm = type(self.rfm)(self, self.config.rfm_interval_ms)
-            await self.history_sampler.settle()
             self.history = SizeHistory(self.config.history_interval_ms,
                                        self.config.history_retention_ms)
             self.router.reset(len(self.shards))

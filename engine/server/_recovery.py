@@ -54,7 +54,6 @@ async def _snapshot_start(gw, background: bool):
         infos = await asyncio.gather(*[c.snapshot_part(str(tmp), f"shard-{i}", background)
                                        for i, c in enumerate(gw.shards)])
         arrays, meta = _gateway_arrays(gw), _gateway_meta(gw)
-        await gw.history_sampler.settle()        # samples of logged frames are in it
         meta["history"], harrays = gw.history.export()
         arrays.update(harrays)
     except BaseException:

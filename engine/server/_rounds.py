@@ -114,8 +114,13 @@ class Rounds:
                         await asyncio.wait_for(self._event.wait(), remaining)
                     except asyncio.TimeoutError:
                         break
-            ops = self._take_round(flush_events)
+            # a slot first, then the operations: whatever arrives while the rounds in flight
+            # finish joins this round, so rounds grow with the load instead of queueing
             await self._in_flight.acquire()
+            ops = self._take_round(flush_events)
+            if not ops:                  # a barrier came first meanwhile
+                self._in_flight.release()
+                continue
             try:
                 frames, owners = self._frames(ops)
                 pending = self.gw.applier.start(frames) if frames else None
@@ -152,7 +157,7 @@ class Rounds:
         """Each operation -> its frame (or its error / a known batch's first reply)."""
         frames: list[F.Frame] = []
         owners: list[int] = []           # per op: frame index, or -1
-        for i, op in enumerate(ops):
+        for op in ops:
             try:
                 frame = self.gw.prepare(op)
             except Exception as exc:  # noqa: BLE001 - fails this operation only
@@ -165,11 +170,6 @@ class Rounds:
                 continue
             owners.append(len(frames))
             frames.append(frame)
-            if i + 1 < len(ops) and self.gw.history.note(frame.now_ms) is not None:
-                # sizes are sampled right after this frame: the rest go in the next round
-                self.queue.extendleft(reversed(ops[i + 1:]))
-                del ops[i + 1:]
-                break
         return frames, owners
 
     async def _complete(self, ops, frames, owners, pending, prev) -> None:
