@@ -191,8 +191,9 @@ class Engine:
 
     # ------------------------------------------------------------------ rfm
     def _rfm_nodes(self, extra=None) -> dict:
-        trees = [d.ast for d in self._registry.all()] + ([extra] if extra is not None else [])
-        return _rfm.nodes_by_key(trees)
+        if extra is None:                # asked by the schedule on every frame: kept
+            return self._registry.derived("rfm", lambda defs: _rfm.nodes_by_key([d.ast for d in defs]))
+        return _rfm.nodes_by_key([d.ast for d in self._registry.all()] + [extra])
 
     def _recompute_rfm(self, now: int, scheduled: bool, nodes: dict | None = None) -> int:
         """Boundaries of ``nodes`` (default: every rfm source in use) over the population, as

@@ -69,6 +69,7 @@ class SegmentRegistry:
     models: object = None      # ModelCatalog (engine._models): deployment(name) -> Deployment | None
     _defs: dict[str, SegmentDef] = field(default_factory=dict)
     limits: Limits | None = None   # None: the defaults
+    _derived: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def _limits(self) -> Limits:
@@ -163,6 +164,16 @@ class SegmentRegistry:
 
     def put(self, defn: SegmentDef) -> None:
         self._defs[defn.name] = defn
+        self._derived.clear()
+
+    def derived(self, key: str, build):
+        """``build(definitions)`` -> a value computed from the definitions, kept until they
+        change (the segment order and the RFM sources in use are asked on every round)."""
+        try:
+            return self._derived[key]
+        except KeyError:
+            value = self._derived[key] = build(self.all())
+            return value
 
     def check_delete(self, name: str) -> SegmentDef:
         if name not in self._defs:
@@ -175,6 +186,7 @@ class SegmentRegistry:
     def remove(self, name: str) -> SegmentDef:
         d = self.check_delete(name)
         del self._defs[name]
+        self._derived.clear()
         return d
 
     def get(self, name: str) -> SegmentDef:

@@ -33,8 +33,9 @@ class RfmService:
 
     # ------------------------------------------------------------------ inside a barrier
     def nodes(self, extra=None) -> dict:
-        trees = [d.ast for d in self.gw.registry.all()] + ([extra] if extra is not None else [])
-        return R.nodes_by_key(trees)
+        if extra is None:                # asked by the schedule on every frame: kept
+            return self.gw.registry.derived("rfm", lambda defs: R.nodes_by_key([d.ast for d in defs]))
+        return R.nodes_by_key([d.ast for d in self.gw.registry.all()] + [extra])
 
     async def compute(self, now: int, nodes: dict, scheduled: bool) -> int:
         """Gather, compute and apply the boundaries of ``nodes`` at ``now`` -> deltas."""
