@@ -3,12 +3,14 @@
     rtseg serve [--shards N --clock wall|event ...]       start a server (flags or RTSEG_*)
     rtseg segment create|replace|get|list|delete|preview|export ...
     rtseg user ID [--delete]
+    rtseg ingest FILE | rtseg traits FILE                  load JSON lines or CSV (gzip, "-")
     rtseg model train|deploy|get|list|delete ...           predictive models (--server HOST:PORT)
     rtseg watch [SEGMENT ...] [--after SEQ]
     rtseg stats
     rtseg scale --shards N
     rtseg clock NOW_MS                                     (event clock only)
     rtseg health
+    rtseg mcp [--allow-write] [--http]                     an MCP server for AI assistants
     rtseg report segment|goal NAME [--out FILE.png]        PNG charts (size over time, goals)
     rtseg bench ...                                        (the bench/ package, when present)
 
@@ -83,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                          ("export", "print every member, one per line")):
         a = ssub.add_parser(action, parents=[client], help=text)
         a.add_argument("name")
+    ssub.choices["export"].add_argument("-o", "--output", default=None, metavar="FILE",
+                                        help="write the ids to FILE instead of stdout")
     ssub.add_parser("list", parents=[client], help="every segment")
     a = ssub.add_parser("preview", parents=[client], help="size and sample of an expression")
     a.add_argument("expression", help='the expression ("-" reads it from stdin)')
@@ -102,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stop after N deltas (default: never)")
 
     _add_model_parsers(sub)
+    _add_file_parsers(sub, client)
 
     sub.add_parser("stats", parents=[client], help="engine statistics (JSON)")
     scale = sub.add_parser("scale", parents=[client], help="change the number of shards live")
@@ -135,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     gsub.add_parser("list", parents=[client], help="every goal")
     sub.add_parser("rfm", parents=[client],
                    help="recompute the rfm_* quintile boundaries now and print them")
+    _add_mcp_parser(sub, client)
     sub.add_parser("bench", add_help=False, help="benchmarks (the bench package)")
     return parser
 
@@ -228,6 +234,8 @@ def _run_segment(args) -> int:
         elif cmd == "preview":
             size, sample = c.preview_segment(_expression(args.expression), args.sample)
             _print_json({"size": size, "sample_user_ids": sample})
+        elif cmd == "export" and args.output not in (None, "-"):
+            _print_json(_export_to_file(c, args.name, args.output))
         elif cmd == "export":
             out = sys.stdout
             for uid in c.export_segment(args.name):
@@ -430,6 +438,8 @@ def _run_operator(args) -> int:
         return _run_report(args)
     if args.command == "goal":
         return _run_goal(args)
+    if args.command in ("ingest", "traits"):
+        return _run_load(args)
     with _client(args) as c:
         if args.command == "user":
             _print_json(c.delete_user(args.user_id) if args.delete else c.get_user(args.user_id))
@@ -446,6 +456,147 @@ def _run_operator(args) -> int:
             print(status)
             return EXIT_OK if status == "SERVING" else EXIT_ERROR
     return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- file loading
+
+
+def _add_file_parsers(sub, client) -> None:
+    from engine._files import DEFAULT_BATCH_ROWS, FORMATS
+
+    files = argparse.ArgumentParser(add_help=False)
+    g = files.add_argument_group("file")
+    g.add_argument("file", metavar="FILE",
+                   help='JSON lines or CSV, gzip too (a ".gz" name or the gzip magic bytes); '
+                        '"-" reads stdin')
+    g.add_argument("--format", choices=FORMATS, default=None,
+                   help="default: from the name (.jsonl .ndjson .json / .csv .tsv), else from "
+                        'the first byte ("{": JSON lines)')
+    g.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_ROWS, metavar="ROWS",
+                   help=f"rows per columnar batch (default {DEFAULT_BATCH_ROWS:,})")
+    g.add_argument("--map", dest="mapping", action="append", default=[], metavar="COL=FIELD",
+                   help="rename a CSV column or JSON key first, e.g. --map uid=user_id (repeat)")
+    g.add_argument("--delimiter", default=None, metavar="CHAR",
+                   help="CSV field separator (default: a comma; a tab for .tsv)")
+    g.add_argument("--csv-strings", action="store_true",
+                   help="keep every CSV property or trait a string (default: numbers and "
+                        "true/false become numbers and booleans)")
+    g.add_argument("--rejections", default=None, metavar="FILE",
+                   help='write every rejection to FILE as JSON lines {"line": N, "reason": ...}')
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    epilog = ("Prints a JSON summary (accepted, rejected, batches, seconds and the first 20 "
+              "rejections with their 1-based line numbers). Exit status: 0 if every row was "
+              "accepted, 1 if some were rejected (the rest is loaded) or the load stopped, "
+              "2 on a usage error. See docs/files.md.")
+    sub.add_parser("ingest", parents=[client, files], help="load events from a file",
+                   epilog=epilog, description="Load events (user_id, type, timestamp_ms, "
+                   "value, properties) from JSON lines or CSV into a running server. In CSV "
+                   "every other column is a property.")
+    sub.add_parser("traits", parents=[client, files], help="load trait updates from a file",
+                   epilog=epilog, description="Load trait updates from JSON lines "
+                   '({"user_id", "traits": {...}, "timestamp_ms"}) or CSV (user_id, optionally '
+                   "timestamp_ms, one column per trait; an empty cell leaves the trait as it "
+                   "is) into a running server.")
+
+
+def _run_load(args) -> int:
+    import contextlib
+
+    from engine import _files
+
+    prog = f"rtseg {args.command}"
+    try:
+        if args.batch_size < 1:
+            raise _files.FileError(f"--batch-size must be at least 1, got {args.batch_size}")
+        if args.delimiter is not None and len(args.delimiter) != 1:
+            raise _files.FileError(f"--delimiter must be one character, got {args.delimiter!r}")
+        mapping = _files.parse_mapping(args.mapping)
+        source = _files.open_source(args.file)
+    except _files.FileError as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    tsv = args.file.removesuffix(".gz").lower().endswith(".tsv")
+    delimiter = args.delimiter or ("\t" if tsv else ",")
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(source)
+        c = stack.enter_context(_client(args))
+        try:
+            fmt = args.format or _files.detect_format(args.file, source.stream)
+        except (OSError, EOFError) as err:          # e.g. a ".gz" file that is not gzip
+            print(f"{prog}: cannot read {args.file}: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        read = _files.event_batches if args.command == "ingest" else _files.trait_batches
+        batches = read(source.stream, fmt, batch_rows=args.batch_size, mapping=mapping,
+                       delimiter=delimiter, infer_types=not args.csv_strings)
+        if args.command == "ingest":
+            def send(batch, batch_id):
+                return c.ingest_columns(**batch.columns(), batch_id=batch_id)
+        else:
+            def send(batch, batch_id):
+                return c.set_traits_many(batch.updates, batch_id=batch_id)
+        on_rejection = None
+        if args.rejections:
+            out = stack.enter_context(open(args.rejections, "w"))
+
+            def on_rejection(r):
+                out.write(json.dumps(r.to_dict()) + "\n")
+        bar = stack.enter_context(_LoadProgress(source, args.command, disable=args.quiet))
+        try:
+            summary = _files.load(batches, send, on_rejection=on_rejection, on_batch=bar.batch)
+        except _files.FileError as err:
+            bar.close()
+            print(f"{prog}: {err}", file=sys.stderr)
+            return EXIT_USAGE
+    _print_json(summary.to_dict())
+    return EXIT_OK if summary.rejected == 0 and summary.error is None else EXIT_ERROR
+
+
+class _LoadProgress:
+    """A tqdm bar on stderr: by stored bytes read when the file's size is known, else rows."""
+
+    def __init__(self, source, command: str, disable: bool = False):
+        from tqdm import tqdm
+
+        self._source = source
+        self._bytes = source.size_bytes is not None
+        self._bar = tqdm(total=source.size_bytes, file=sys.stderr, disable=disable,
+                         desc=command, unit="B" if self._bytes else " rows",
+                         unit_scale=True, unit_divisor=1024 if self._bytes else 1000)
+
+    def batch(self, batch) -> None:
+        step = (self._source.position() - self._bar.n if self._bytes
+                else len(batch) + len(batch.rejections))
+        if step > 0:
+            self._bar.update(step)
+
+    def close(self) -> None:
+        self._bar.close()
+
+    def __enter__(self) -> "_LoadProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _export_to_file(c, name: str, path: str) -> dict:
+    """Every member into ``path`` (written whole or not at all) -> a JSON-able summary."""
+    from engine._files import FileError
+
+    tmp = f"{path}.part-{os.getpid()}"
+    count = 0
+    try:
+        with open(tmp, "w") as f:
+            for uid in c.export_segment(name):
+                f.write(uid + "\n")
+                count += 1
+        os.replace(tmp, path)
+    except OSError as err:
+        raise FileError(f"cannot write {path}: {err.strerror or err}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return {"segment": name, "members": count, "output": path}
 
 
 def _run_goal(args) -> int:
@@ -483,6 +634,41 @@ def _run_report(args) -> int:
     return EXIT_OK
 
 
+def _add_mcp_parser(sub, client) -> None:
+    m = sub.add_parser("mcp", parents=[client], help="an MCP server for AI assistants",
+                       description="Serve the Model Context Protocol over stdio (default) or "
+                       "streamable HTTP in front of a running rtseg server: tools to inspect "
+                       "segments, preview expressions, look up users, read size history, models "
+                       "and goals; with --allow-write also to create, replace and delete "
+                       "segments. Calls time out after 60 s unless --timeout. See docs/mcp.md.")
+    m.add_argument("--allow-write", action="store_true",
+                   help="also offer create_segment, replace_segment and delete_segment")
+    m.add_argument("--http", action="store_true",
+                   help="serve streamable HTTP at http://HOST:PORT/mcp instead of stdio (with "
+                        "--token, requests must carry it as a bearer token)")
+    m.add_argument("--host", default="127.0.0.1", help="with --http: address (default 127.0.0.1)")
+    m.add_argument("--port", type=int, default=8000,
+                   help="with --http: port (default 8000; 0 picks a free one)")
+
+
+def _run_mcp(args) -> int:
+    from engine.mcp import DEFAULT_CALL_TIMEOUT_S, serve
+
+    if args.timeout is None:
+        args.timeout = DEFAULT_CALL_TIMEOUT_S
+    token = args.token or _env_default("RTSEG_TOKEN")
+    with _client(args) as c:
+        try:
+            serve(c, allow_write=args.allow_write, http=args.http, host=args.host,
+                  port=args.port, token=token)
+        except KeyboardInterrupt:
+            pass
+        except OSError as err:   # e.g. the --port is taken
+            print(f"rtseg mcp: {err}", file=sys.stderr)
+            return EXIT_ERROR
+    return EXIT_OK
+
+
 def _run_bench(argv: list[str]) -> int:
     try:
         bench_cli = importlib.import_module("bench.cli")
@@ -511,6 +697,8 @@ def main(argv: list[str] | None = None) -> int:
         from engine.server import serve
 
         return serve(config)
+    if args.command == "mcp":
+        return _run_mcp(args)
     import grpc
 
     from engine.errors import EngineError
