@@ -270,6 +270,8 @@ def produce(spec: dict) -> dict:
         if not len(b):
             continue
         cols, probes = add_probes(b, tag, i, probes_per_batch)
+        if spec.get("wall"):              # a wall-clock server stamps them on arrival
+            cols["timestamp_ms"] = np.zeros(len(cols["timestamp_ms"]), np.int64)
         msg = codec.encode_columns(cols["user_id"], cols["type"], cols["timestamp_ms"], cols["value"],
                                    cols["properties"])
         prepared.append((offset, len(cols["user_id"]), pb.EventBatch(columns=msg).SerializeToString(), probes))

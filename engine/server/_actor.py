@@ -24,10 +24,13 @@ class ShardHost:
     def __init__(self, shard_id: int, core_kwargs: dict[str, Any]):
         from engine._shard import ShardCore
 
+        from engine.server._gate import ReadGate
+
         self.shard_id = shard_id
         self.core = ShardCore(**core_kwargs)
         self.events_applied = 0
         self._apply_ms: list[float] = []
+        self.gate = ReadGate()
 
     def reset(self, core_kwargs: dict[str, Any]) -> None:
         """Start again with an empty core (the gateway's Reset, for tests)."""
@@ -54,10 +57,13 @@ class ShardHost:
         from engine._steps import Step, apply_step
 
         core = self.core
+        gate = self.gate
         out = []
         t0 = time.perf_counter()
         for kind, payload, now_ms in steps:
-            out.append(apply_step(core, kind, payload, now_ms))
+            gate.let_readers_in()
+            with gate.writing():
+                out.append(apply_step(core, kind, payload, now_ms))
             if kind == Step.EVENTS:
                 self.events_applied += len(payload.timestamp_ms)
         self._apply_ms.append((time.perf_counter() - t0) * 1000.0)
@@ -107,6 +113,13 @@ class ShardHost:
                     t0 - day, t0, np.zeros(core.nrows, np.bool_))
 
     # ------------------------------------------------------------------ reads
+    def read(self, method: str, *args):
+        """A read from the ``reads`` thread (``READS``): between two steps of a round."""
+        if method not in READS:
+            raise ValueError(f"{method!r} is not a read")
+        with self.gate.reading():
+            return getattr(ShardHost, method)(self, *args)    # not the locked override
+
 
     def segment_sizes(self, names: list[str]) -> list[int]:
         from engine._history import segment_sizes
@@ -207,18 +220,44 @@ class ShardHost:
         return stats
 
 
+# Methods that only read, callable through ``ShardHost.read`` in the actor's ``reads`` thread.
+READS = frozenset({"user_view", "host_stats", "segment_sizes"})
+READS_GROUP = "reads"
+# Methods that take the gate for their own steps (``run``) or touch no shard state.
+_UNLOCKED = frozenset({"run", "read", "ready", "snapshot_written"})
+
+
+def _locked(cls):
+    """A subclass whose state-changing methods each hold the gate for their whole run, so
+    that a read in the other thread never sees them half done."""
+    import functools
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def method(self, *args, **kwargs):
+            with self.gate.writing():
+                return fn(self, *args, **kwargs)
+        return method
+
+    body = {name: wrap(fn) for name, fn in vars(cls).items()
+            if callable(fn) and not name.startswith("_") and name not in _UNLOCKED}
+    return type("ShardActor", (cls,), body)
+
+
 _actor_class = None
 
 
 def shard_actor_class():
     """``ShardActor``: the Ray actor class around :class:`ShardHost` (made once, lazily, so
     that importing this module does not import Ray). ``num_cpus=0``: shards are mostly idle
-    between rounds and several of them share the machine's cores."""
+    between rounds and several of them share the machine's cores. One thread runs the rounds
+    and every other call in order; a second one (``reads``) answers reads between steps."""
     global _actor_class
     if _actor_class is None:
         import ray
 
-        _actor_class = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=1)(ShardHost)
+        _actor_class = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=1,
+                                  concurrency_groups={READS_GROUP: 1})(_locked(ShardHost))
     return _actor_class
 
 

@@ -163,6 +163,7 @@ class FrameApplier:
             if frame.payload in gw.registry:
                 gw.registry.remove(frame.payload)
             gw.history_sampler.published(frame)
+            gw.sequencer.sizes.dropped(frame.payload)
         if frame.batch_id and frame.reply is not None:
             gw.batches.done(frame.batch_id, frame.reply)
         gw.rfm.applied(frame)

@@ -332,16 +332,30 @@ class Gateway:
         return await self.rounds.barrier(run)
 
     async def get_segment(self, name: str) -> dict:
+        defn = self.registry.get(name)
+        size = self.sequencer.sizes.get(name)
+        if size is not None:                 # as of the last published round: no waiting
+            return self._def_dict(defn, size)
+
         async def run():
-            return await self._segment_view(self.registry.get(name))
+            return self._def_dict(self.registry.get(name), (await self._count_sizes())[name])
         return await self.rounds.barrier(run)
 
     async def list_segments(self) -> list[dict]:
+        if self.sequencer.sizes.known:
+            return [self._def_dict(d, self.sequencer.sizes.get(d.name)) for d in self.registry.all()]
+
         async def run():
-            defs = self.registry.all()
-            sizes = await self._segment_sizes([d.name for d in defs])
-            return [self._def_dict(d, sizes[d.name]) for d in defs]
+            sizes = await self._count_sizes()
+            return [self._def_dict(d, sizes[d.name]) for d in self.registry.all()]
         return await self.rounds.barrier(run)
+
+    async def _count_sizes(self) -> dict[str, int]:
+        """Inside a barrier: every segment's size from the shards, which the published
+        deltas then keep up to date (``_sizes.LiveSizes``)."""
+        sizes = await self._segment_sizes(self.registry.names())
+        self.sequencer.sizes.counted(sizes)
+        return sizes
 
     async def preview_segment(self, name: str, expression: str,
                               sample: int = PREVIEW_SAMPLE) -> tuple[int, list[str]]:
@@ -373,6 +387,14 @@ class Gateway:
         return await self.rounds.barrier(run)
 
     async def user_view(self, user_id: str) -> dict:
+        """The user's shard answers between two steps of its round (``_gate.ReadGate``), not
+        behind the queue: after an ingest's reply, the view holds that ingest. While slots
+        move or the engine recovers, the user's rows may be in transit: then it waits its
+        turn like any barrier."""
+        if self.ready and not self.recovering and not self._scale_lock.locked():
+            return _normalise_view(await self.shards.call(self.router.shard_of_user(user_id),
+                                                          "read", "user_view", user_id))
+
         async def run():
             return _normalise_view(await self.shards.call(self.router.shard_of_user(user_id),
                                                           "user_view", user_id))
@@ -397,7 +419,7 @@ class Gateway:
 
     async def stats(self, gateway_only: bool = False) -> dict:
         shards = list(self.shards)
-        per = [] if gateway_only else await self.shards.each("host_stats")
+        per = [] if gateway_only else await self.shards.each("read", "host_stats")
         slots = np.bincount(self.router.slot_map, minlength=len(shards))
         shard_stats = []
         for i, st in enumerate(per):

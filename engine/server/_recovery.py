@@ -161,6 +161,7 @@ async def recover(gw, shards: int) -> bool:
     t0 = time.monotonic()
     store = gw.store
     gw.recovering = True
+    gw.sequencer.sizes.forget()          # the snapshot's state comes without deltas
     try:
         restored_from = None
         if store is not None:

@@ -8,6 +8,7 @@ import asyncio
 import numpy as np
 
 from engine._deltas import DeltaBatch, DeltaLog
+from engine.server._sizes import LiveSizes
 
 
 def merge_delta_batches(batches: list, segment_rank: dict[str, int]) -> DeltaBatch:
@@ -46,12 +47,14 @@ class Sequencer:
         self.epoch = 0                   # bumped by reset(): old subscriptions end
         self.closed = False
         self._cond = asyncio.Condition()
+        self.sizes = LiveSizes()         # every segment's size, from the deltas published
 
     def publish(self, batches: list, segment_rank: dict[str, int]) -> int:
         """Append one phase's batches (one per shard) as one merged batch -> its size."""
         merged = merge_delta_batches(batches, segment_rank)
         if len(merged):
             self.log.append(merged)
+            self.sizes.published(merged)
         return len(merged)
 
     async def wake(self) -> None:
@@ -65,6 +68,7 @@ class Sequencer:
 
     async def reset(self) -> None:
         self.log = DeltaLog(capacity=self.capacity)
+        self.sizes.counted({})           # nothing anywhere
         self.epoch += 1
         await self.wake()
 

@@ -42,6 +42,7 @@ class ShardClient(Protocol):
     async def import_state(self, state: dict) -> int: ...
     async def drop_slots(self, slots) -> int: ...
     async def host_stats(self) -> dict: ...
+    async def read(self, method: str, *args) -> Any: ...   # a READS method, between steps
     async def reset(self, core_kwargs: dict) -> None: ...
     async def snapshot_part(self, tmp_dir: str, part: str, background: bool = False) -> dict: ...
     async def snapshot_written(self) -> dict | None: ...
@@ -104,6 +105,15 @@ class RayShard:
 
     def training_data(self, *args):
         return self.handle.training_data.remote(*args)
+
+    async def read(self, method: str, *args):
+        """A read in the actor's ``reads`` thread: it waits for one step, not a round."""
+        from engine.server._actor import READS_GROUP
+
+        try:
+            return await self.handle.read.options(concurrency_group=READS_GROUP).remote(method, *args)
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(self.index, exc) from exc
 
     def kill(self) -> None:
         import ray

@@ -1,0 +1,122 @@
+"""Reads that do not wait behind ingestion: segment sizes kept from the published deltas
+(``engine.server._sizes``), and shard reads between two steps of a round
+(``engine.server._gate``)."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import pytest
+
+from engine.client import Client
+from engine.server._gate import ReadGate
+from tests.test_server_units import LocalServer
+
+T0 = 1_700_000_000_000
+HOUR = 3_600_000
+
+SEGMENTS = {
+    "viewers": "count(v, 2h) >= 2",
+    "buyers": "count(p, 1d) >= 1",
+    "lapsed": "since(p) > 3h and count(p, 1d) >= 1",
+    "vip": 'segment("buyers") and trait.tier == "gold"',
+    "not_vip_viewers": 'segment("viewers") and not segment("vip")',
+}
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = LocalServer(shards=3)
+    yield srv
+    srv.stop()
+
+
+def _sizes_agree(c: Client) -> None:
+    listed = {s.name: s.size for s in c.list_segments()}
+    for name, size in listed.items():
+        members = c.members(name)                   # counted by the shards themselves
+        assert c.get_segment(name).size == size == len(members), name
+
+
+def test_live_sizes_equal_the_shards_count_after_every_kind_of_change(server):
+    rng = random.Random(7)
+    users = [f"u{i}" for i in range(60)]
+    with Client(server.target, timeout_s=60) as c:
+        c.reset()
+        c.advance_clock(T0)
+        now = T0
+        for name in ("viewers", "buyers", "lapsed"):
+            c.create_segment(name, SEGMENTS[name])
+        _sizes_agree(c)
+        for step in range(40):
+            op = rng.random()
+            if op < 0.55:
+                evs = [{"user_id": rng.choice(users), "type": rng.choice("vvp"),
+                        "timestamp_ms": now + rng.randrange(0, 60_000)} for _ in range(rng.randrange(1, 40))]
+                c.ingest(evs)
+                now = max(now, max(e["timestamp_ms"] for e in evs))
+            elif op < 0.7:
+                c.set_traits(rng.choice(users), {"tier": rng.choice(["gold", "silver"])})
+            elif op < 0.8:
+                now += rng.randrange(1, 4) * HOUR       # windows empty, timers fire
+                c.advance_clock(now)
+            elif op < 0.85:
+                c.delete_user(rng.choice(users))
+            elif op < 0.9 and "vip" not in {s.name for s in c.list_segments()}:
+                c.create_segment("vip", SEGMENTS["vip"])
+                c.create_segment("not_vip_viewers", SEGMENTS["not_vip_viewers"])
+            elif op < 0.95:
+                c.replace_segment("viewers", rng.choice(["count(v, 2h) >= 2", "count(v, 1h) >= 1"]))
+            elif "vip" in {s.name for s in c.list_segments()}:
+                c.delete_segment("not_vip_viewers")
+                c.delete_segment("vip")
+            _sizes_agree(c)
+        c.scale(2)
+        _sizes_agree(c)
+
+
+def test_sizes_after_a_reset_start_from_nothing(server):
+    with Client(server.target, timeout_s=60) as c:
+        c.reset()
+        c.create_segment("any", "count(v, 1d) >= 1")
+        assert c.get_segment("any").size == 0
+        c.ingest([{"user_id": "a", "type": "v", "timestamp_ms": T0}])
+        assert c.get_segment("any").size == 1
+        assert c.get_user("a")["segments"] == ["any"]      # read between steps, after the reply
+
+
+def test_a_reader_goes_in_between_two_steps_never_during_one():
+    gate = ReadGate()
+    steps_done = 0
+    writing = threading.Event()
+    started = threading.Event()
+    seen: list[int] = []
+    overlap: list[bool] = []
+
+    def writer():
+        nonlocal steps_done
+        for _ in range(200):
+            gate.let_readers_in()
+            with gate.writing():
+                writing.set()
+                started.set()
+                # a step long enough that the reader is waiting when it ends
+                threading.Event().wait(0.002)
+                writing.clear()
+                steps_done += 1
+
+    def reader():
+        started.wait()
+        for _ in range(5):
+            with gate.reading():
+                overlap.append(writing.is_set())
+                seen.append(steps_done)
+
+    w, r = threading.Thread(target=writer), threading.Thread(target=reader)
+    w.start()
+    r.start()
+    r.join(30)
+    w.join(30)
+    assert len(seen) == 5 and not any(overlap)
+    assert seen[-1] < 200, "the reader waited for every step: no handover"
