@@ -125,7 +125,7 @@ def measure_quiet(target: str, spec: dict) -> dict:
     log.pop("probes", None)
     elapsed = max(log["t_end_ns"] - log["t_start_ns"], 1) / 1e9
     return {"events_per_s": round(log["accepted"] / elapsed, 1), "accepted": log["accepted"],
-            "errors": log["errors"]}
+            "seconds": round(elapsed, 3), "errors": log["errors"]}
 
 
 def fan_out(srv: ServeProcess, c, cur: Cursor, n_events: int, subscribers: int) -> dict:
@@ -148,7 +148,10 @@ def fan_out(srv: ServeProcess, c, cur: Cursor, n_events: int, subscribers: int) 
     return {"subscribers": subscribers, "events_per_s_alone": base["events_per_s"],
             "events_per_s_with_subscribers": loaded["events_per_s"],
             "cost": round(1 - loaded["events_per_s"] / max(base["events_per_s"], 1), 3),
-            "deltas_received": held.get("deltas"), "subscriber_errors": held.get("errors")}
+            "deltas_received": held.get("deltas"), "subscriber_errors": held.get("errors"),
+            # the subscribers' own process shares this machine's 2 cores with the server
+            "subscriber_process_cpu_s": held.get("cpu_s"),
+            "seconds_with_subscribers": loaded.get("seconds")}
 
 
 def hold_subscribers(target: str, n: int, names: list[str]) -> int:
@@ -181,7 +184,8 @@ def hold_subscribers(target: str, n: int, names: list[str]) -> int:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        print(json.dumps({"deltas": sum(counts), "errors": errors[:5]}), flush=True)
+        cpu = time.process_time()
+        print(json.dumps({"deltas": sum(counts), "errors": errors[:5], "cpu_s": round(cpu, 2)}), flush=True)
     asyncio.run(main())
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ CAUSE_NAMES = {
     CAUSE_MODEL_UPDATED: "MODEL_UPDATED", CAUSE_USER_DELETED: "USER_DELETED",
 }
 # names -> numbers (the proto's Kind and Cause enums have these numbers)
+CACHED_CHUNKS = 64          # newest chunks whose reader caches are kept (DeltaLog)
 KIND_NUMBERS = {name: number for number, name in KIND_NAMES.items()}
 CAUSE_NUMBERS = {name: number for number, name in CAUSE_NAMES.items()}
 
@@ -76,17 +78,24 @@ class DeltaLog:
     """Assigns global sequence numbers (1, 2, 3, ...) and keeps the newest ``capacity``
     deltas for readers that resume with ``after_sequence``.
 
-    Thread-safe; readers never block writers for longer than a list copy.
+    Retained deltas are chunks (one per appended batch) with their first sequence numbers in
+    a sorted list, so a reader finds its cursor by bisection: a subscriber that keeps up reads
+    only the newest chunk or two, however many are retained. Each chunk also keeps, once
+    asked, the positions of each segment's deltas, shared by every reader that filters by
+    segment. Thread-safe; readers never block writers for longer than a slice copy.
     """
 
     def __init__(self, capacity: int = 1_000_000):
         if capacity < 1:
             raise ValueError("delta log capacity must be at least 1")
         self.capacity = capacity
-        self._chunks: deque[tuple[int, DeltaBatch]] = deque()  # (first sequence, batch)
+        self._firsts: list[int] = []          # first sequence of each chunk, ascending
+        self._batches: list[DeltaBatch] = []
+        self._head = 0                        # chunks before it are dropped
         self._retained = 0
         self._next = 1
         self._lock = threading.Lock()
+        self._cached: deque[DeltaBatch] = deque()   # chunks holding reader caches, oldest first
 
     @property
     def last_sequence(self) -> int:
@@ -97,7 +106,7 @@ class DeltaLog:
     def first_retained(self) -> int:
         """Sequence of the oldest retained delta (``last_sequence + 1`` when none)."""
         with self._lock:
-            return self._chunks[0][0] if self._chunks else self._next
+            return self._firsts[self._head] if self._head < len(self._firsts) else self._next
 
     def append(self, batch: DeltaBatch) -> tuple[int, int]:
         """Sequence the batch; returns (first, last) sequence numbers (last < first if empty)."""
@@ -105,19 +114,30 @@ class DeltaLog:
         with self._lock:
             first = self._next
             if n:
-                self._chunks.append((first, batch))
+                self._firsts.append(first)
+                self._batches.append(batch)
                 self._next += n
                 self._retained += n
-                while self._retained > self.capacity:
-                    seq0, old = self._chunks[0]
-                    excess = self._retained - self.capacity
-                    if len(old) <= excess:
-                        self._chunks.popleft()
-                        self._retained -= len(old)
-                    else:
-                        self._chunks[0] = (seq0 + excess, old.tail(excess))
-                        self._retained -= excess
+                self._trim()
             return first, first + n - 1
+
+    def _trim(self) -> None:
+        while self._retained > self.capacity:
+            h = self._head
+            old = self._batches[h]
+            excess = self._retained - self.capacity
+            if len(old) <= excess:
+                self._batches[h] = None       # type: ignore[call-overload]
+                self._head += 1
+                self._retained -= len(old)
+            else:
+                self._firsts[h] += excess
+                self._batches[h] = old.tail(excess)
+                self._retained -= excess
+        if self._head > 1024 and self._head * 2 > len(self._firsts):
+            del self._firsts[:self._head]
+            del self._batches[:self._head]
+            self._head = 0
 
     def read(self, after_sequence: int = 0, segments: set[str] | None = None,
              limit: int | None = None) -> list[Delta]:
@@ -126,45 +146,97 @@ class DeltaLog:
         Raises SequenceTooOld when deltas right after ``after_sequence`` are no longer kept.
         """
         with self._lock:
-            chunks = list(self._chunks)
-            first_kept = chunks[0][0] if chunks else self._next
-        if after_sequence + 1 < first_kept and after_sequence < self._next - 1:
-            raise SequenceTooOld(
-                f"deltas after sequence {after_sequence} are no longer retained (the oldest kept is "
-                f"{first_kept}); re-read the segment's members and resume from sequence {first_kept - 1}")
+            head, nxt = self._head, self._next
+            first_kept = self._firsts[head] if head < len(self._firsts) else nxt
+            if after_sequence + 1 < first_kept and after_sequence < nxt - 1:
+                raise SequenceTooOld(
+                    f"deltas after sequence {after_sequence} are no longer retained (the oldest kept is "
+                    f"{first_kept}); re-read the segment's members and resume from sequence {first_kept - 1}")
+            i = max(head, bisect.bisect_right(self._firsts, after_sequence, head) - 1)
+            firsts = self._firsts[i:]
+            batches = self._batches[i:]
         out: list[Delta] = []
-        for first, batch in chunks:
+        for first, batch in zip(firsts, batches):
             if first + len(batch) - 1 <= after_sequence:
                 continue
             start = max(0, after_sequence + 1 - first)
-            for i in range(start, len(batch)):
-                seg = batch.segments[i]
-                if segments and seg not in segments:
-                    continue
-                out.append(Delta(first + i, seg, batch.user_ids[i], KIND_NAMES[int(batch.kind[i])],
-                                 int(batch.at_ms[i]), CAUSE_NAMES.get(int(batch.cause[i]), "CAUSE_UNSPECIFIED")))
-                if limit is not None and len(out) >= limit:
-                    return out
+            if segments:
+                rows = _rows_of(batch, segments, start)
+                self._note_cached(batch)
+            else:
+                rows = range(start, len(batch))
+            if limit is not None:
+                rows = rows[:limit - len(out)]
+            objs = self._objects_of(batch, first)
+            if isinstance(rows, range):
+                out.extend(objs[rows.start:rows.stop])
+            else:
+                out.extend([objs[j] for j in rows])
+            if limit is not None and len(out) >= limit:
+                return out
         return out
+
+    def _objects_of(self, batch: DeltaBatch, first: int) -> list[Delta]:
+        """The chunk's deltas as objects, made once and shared by every reader while the
+        chunk is among the newest ``CACHED_CHUNKS`` read (readers that keep up read those)."""
+        cached = batch.__dict__.get("_objects")
+        if cached is not None and cached[0] == first:
+            return cached[1]
+        segs, users = batch.segments, batch.user_ids
+        kind, at, cause = batch.kind.tolist(), batch.at_ms.tolist(), batch.cause.tolist()
+        objs = [Delta(first + j, segs[j], users[j], KIND_NAMES[kind[j]], at[j],
+                      CAUSE_NAMES.get(cause[j], "CAUSE_UNSPECIFIED")) for j in range(len(segs))]
+        batch.__dict__["_objects"] = (first, objs)
+        self._note_cached(batch)
+        return objs
+
+    def _note_cached(self, batch: DeltaBatch) -> None:
+        with self._lock:
+            if batch.__dict__.get("_cached_in") is self:
+                return
+            batch.__dict__["_cached_in"] = self
+            self._cached.append(batch)
+            while len(self._cached) > CACHED_CHUNKS:
+                old = self._cached.popleft()
+                for key in ("_objects", "_by_segment", "_cached_in"):
+                    old.__dict__.pop(key, None)
 
     # ------------------------------------------------------------------ snapshots
 
     def export(self) -> tuple[int, int, DeltaBatch]:
         """(first retained sequence, next sequence, every retained delta as one batch)."""
         with self._lock:
-            chunks = list(self._chunks)
-            nxt = self._next
-        first = chunks[0][0] if chunks else nxt
-        return first, nxt, DeltaBatch.concat([b for _, b in chunks])
+            head, nxt = self._head, self._next
+            first = self._firsts[head] if head < len(self._firsts) else nxt
+            batches = self._batches[head:]
+        return first, nxt, DeltaBatch.concat(batches)
 
     def restore(self, first: int, nxt: int, batch: DeltaBatch) -> None:
         """Start again from an :meth:`export` (recovery): sequences continue at ``nxt``."""
         if nxt - first != len(batch):
             raise ValueError(f"delta log snapshot: {len(batch)} deltas for sequences {first}..{nxt - 1}")
         with self._lock:
-            self._chunks.clear()
+            self._firsts, self._batches, self._head = [], [], 0
             self._retained = 0
             self._next = first
         self.append(batch)
         with self._lock:
             self._next = nxt
+
+
+def _rows_of(batch: DeltaBatch, segments: set[str], start: int) -> list[int]:
+    """Positions (>= ``start``) of the deltas of ``segments`` in ``batch``, in order, from the
+    batch's segment index (built once, on the first filtered read)."""
+    index = batch.__dict__.get("_by_segment")
+    if index is None:
+        index = {}
+        for j, seg in enumerate(batch.segments):
+            index.setdefault(seg, []).append(j)
+        batch.__dict__["_by_segment"] = index
+    lists = [index[s] for s in segments if s in index]
+    if not lists:
+        return []
+    rows = lists[0] if len(lists) == 1 else sorted(j for lst in lists for j in lst)
+    if start:
+        rows = rows[bisect.bisect_left(rows, start):]
+    return rows

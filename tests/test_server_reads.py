@@ -120,3 +120,34 @@ def test_a_reader_goes_in_between_two_steps_never_during_one():
     w.join(30)
     assert len(seen) == 5 and not any(overlap)
     assert seen[-1] < 200, "the reader waited for every step: no handover"
+
+
+def test_subscribers_sharing_encoded_pages_each_get_their_own_segments(server):
+    """Pages are encoded once for all subscribers that read the same page: subscribers of
+    the same segments, of others and of every segment each get exactly their deltas."""
+    with Client(server.target, timeout_s=60) as c:
+        c.reset()
+        c.create_segment("s1", "count(v, 1d) >= 1")
+        c.create_segment("s2", "count(w, 1d) >= 2")
+        wanted = {"a": ["s1"], "b": ["s1"], "c": ["s2"], "d": ["s1", "s2"], "e": []}
+        subs = {k: c.subscribe(v) for k, v in wanted.items()}
+        got: dict[str, list] = {k: [] for k in wanted}
+        threads = [threading.Thread(target=lambda k=k: [got[k].append(d) for d in subs[k]], daemon=True)
+                   for k in wanted]
+        for t in threads:
+            t.start()
+        from bench.baselines import wait_until
+
+        assert wait_until(lambda: c.stats()["subscribers"] >= len(wanted), 30, 0.02)
+        start = c.last_sequence
+        for r in range(20):
+            c.ingest([{"user_id": f"u{r}.{i}", "type": "vw"[i % 2], "timestamp_ms": T0 + r}
+                      for i in range(30)] * 2)
+        every = c.deltas(start)
+        assert len(every) > 100
+        for k, segs in wanted.items():
+            want = [(d.sequence, d.segment, d.user_id) for d in every if not segs or d.segment in segs]
+            assert wait_until(lambda k=k, n=len(want): len(got[k]) >= n, 30, 0.02), k
+            assert [(d.sequence, d.segment, d.user_id) for d in got[k]] == want, k
+        for s in subs.values():
+            s.close()

@@ -13,11 +13,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from engine._pb import pb, pb_grpc
+from engine._pb import pb
 from engine.config import ServerConfig
 from engine.server._auth import BearerTokenInterceptor
 from engine.server._gateway import Gateway
-from engine.server._servicer import SegmentEngineServicer
+from engine.server._servicer import SegmentEngineServicer, add_to_server
 
 log = logging.getLogger("rtseg.serve")
 
@@ -75,7 +75,7 @@ async def run_server(config: ServerConfig, *, on_ready: Callable[[int], None] | 
         ("grpc.max_send_message_length", MAX_SEND_BYTES),
         ("grpc.so_reuseport", 0),
     ])
-    pb_grpc.add_SegmentEngineServicer_to_server(SegmentEngineServicer(gateway), server)
+    add_to_server(SegmentEngineServicer(gateway), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -75,6 +75,10 @@ def _user_view_pb(user_id: str, view: dict) -> "pb.UserView":
     return out
 
 
+def _encode_page(page) -> bytes:
+    return pb.DeltaPage(deltas=[delta_pb(d) for d in page]).SerializeToString()
+
+
 def delta_pb(d) -> "pb.Delta":
     return pb.Delta(sequence=d.sequence, segment=d.segment, user_id=d.user_id,
                     kind=KIND_NUMBERS.get(d.kind, 0), at_ms=d.at_ms,
@@ -218,9 +222,12 @@ class SegmentEngineServicer(pb_grpc.SegmentEngineServicer):
             await abort_with(context, exc)
 
     async def SubscribePages(self, request, context):
+        """Pages go out already encoded (``_app`` registers a serializer that passes bytes
+        through): subscribers of the same segments share one encoding of each page."""
+        encoded = self.gw.subscriptions.encoded
         try:
             async for page in self._pages(request, context):
-                yield pb.DeltaPage(deltas=[delta_pb(d) for d in page])
+                yield encoded(page, _encode_page)
         except Exception as exc:  # noqa: BLE001
             await abort_with(context, exc)
 
@@ -381,3 +388,28 @@ class SegmentEngineServicer(pb_grpc.SegmentEngineServicer):
         now = await self.gw.reset(request.clock or None, request.retention_ms or None,
                                   request.max_events_per_type or None)
         return pb.ResetReply(now_ms=now)
+
+
+def add_to_server(servicer: SegmentEngineServicer, server) -> None:
+    """Register the servicer as the generated stubs do, except that SubscribePages sends the
+    bytes it yields as they are (its pages come encoded, shared by equal subscribers)."""
+    class _Capture:
+        def add_generic_rpc_handlers(self, handlers):
+            pass
+
+        def add_registered_method_handlers(self, service, handlers):
+            self.service, self.handlers = service, handlers
+
+    cap = _Capture()
+    pb_grpc.add_SegmentEngineServicer_to_server(servicer, cap)
+    handlers = dict(cap.handlers)
+    old = handlers["SubscribePages"]
+    handlers["SubscribePages"] = grpc.unary_stream_rpc_method_handler(
+        servicer.SubscribePages, request_deserializer=old.request_deserializer,
+        response_serializer=_bytes_or_message)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(cap.service, handlers),))
+    server.add_registered_method_handlers(cap.service, handlers)
+
+
+def _bytes_or_message(m) -> bytes:
+    return m if isinstance(m, bytes) else m.SerializeToString()

@@ -8,10 +8,21 @@ resumes from a re-read of the members. ``max_subscribers`` bounds how many may r
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from engine.errors import Overloaded, SequenceTooOld
 from engine.server._sequencer import Sequencer
 
 READ_BATCH = 4096            # deltas read from the log per subscriber wake-up
+ENCODED_PAGES = 512          # pages kept encoded for the wire, shared by equal subscribers
+
+
+class Page(list):
+    """Deltas read by one subscriber at one wake-up. ``key`` names its content exactly (the
+    log is append-only): every subscriber with the same segments at the same cursor reads
+    the same page, so it is encoded for the wire once (:meth:`Subscriptions.encoded`)."""
+
+    __slots__ = ("key",)
 
 
 class TooManySubscribers(Overloaded):
@@ -23,6 +34,16 @@ class Subscriptions:
         self.seq = sequencer
         self.max_subscribers = max_subscribers
         self.count = 0
+        self._encoded: OrderedDict = OrderedDict()
+
+    def encoded(self, page: Page, encode) -> bytes:
+        """``encode(page)`` once for every subscriber that reads this same page."""
+        data = self._encoded.get(page.key)
+        if data is None:
+            data = self._encoded[page.key] = encode(page)
+            if len(self._encoded) > ENCODED_PAGES:
+                self._encoded.popitem(last=False)
+        return data
 
     def open(self, segments: list[str], after_sequence: int, from_oldest: bool = False,
              retained_only: bool = False):
@@ -57,6 +78,7 @@ class Subscriptions:
         self.count += 1
         seq = self.seq
         epoch = seq.epoch
+        wanted_key = frozenset(wanted) if wanted else None
         try:
             while not seq.closed:
                 if epoch != seq.epoch:
@@ -70,6 +92,7 @@ class Subscriptions:
                 if cursor >= last:
                     await seq.wait_beyond(cursor, epoch)
                     continue
+                start = cursor
                 items = log.read(cursor, wanted, limit=READ_BATCH)
                 if len(items) >= READ_BATCH:
                     cursor = items[-1].sequence
@@ -78,6 +101,8 @@ class Subscriptions:
                 if stop_at is not None and items and items[-1].sequence > stop_at:
                     items = [d for d in items if d.sequence <= stop_at]
                 if items:
-                    yield items
+                    page = Page(items)
+                    page.key = (epoch, wanted_key, start, items[-1].sequence)
+                    yield page
         finally:
             self.count -= 1

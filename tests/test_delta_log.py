@@ -1,0 +1,63 @@
+"""The delta log (engine._deltas.DeltaLog) against a plain list of every delta ever appended:
+sequence numbers, retention, SequenceTooOld, segment filters and limits."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from engine._deltas import DeltaBatch, DeltaLog
+from engine.errors import SequenceTooOld
+
+
+def _batch(rng: random.Random, n: int) -> DeltaBatch:
+    return DeltaBatch([rng.choice("abc") for _ in range(n)], [f"u{rng.randrange(9)}" for _ in range(n)],
+                      np.array([rng.choice([1, 2]) for _ in range(n)], np.int8), np.ones(n, np.int8),
+                      np.arange(n, dtype=np.int64))
+
+
+def _check_read(log: DeltaLog, every: list, cap: int, after: int, segs, limit) -> None:
+    kept = every[-cap:]
+    first_kept = kept[0][0] if kept else log.last_sequence + 1
+    assert log.first_retained == first_kept
+    too_old = after + 1 < first_kept and after < log.last_sequence
+    if too_old:
+        with pytest.raises(SequenceTooOld):
+            log.read(after, segs, limit)
+        return
+    want = [d for d in kept if d[0] > after and (not segs or d[1] in segs)][:limit]
+    got = [(d.sequence, d.segment, d.user_id, d.kind) for d in log.read(after, segs, limit)]
+    assert got == want
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_reads_equal_a_plain_list(seed):
+    rng = random.Random(seed)
+    cap = rng.randrange(1, 60)
+    log, every = DeltaLog(cap), []
+    for _ in range(rng.randrange(1, 120)):
+        b = _batch(rng, rng.randrange(0, 12))
+        first, last = log.append(b)
+        assert last - first + 1 == len(b) and first == len(every) + 1
+        every += [(first + i, b.segments[i], b.user_ids[i], "ENTER" if b.kind[i] == 1 else "EXIT")
+                  for i in range(len(b))]
+        for _ in range(3):
+            _check_read(log, every, cap, rng.randrange(0, len(every) + 2),
+                        rng.choice([None, {"a"}, {"a", "c"}, {"z"}]), rng.choice([None, 1, 3, 100]))
+
+
+def test_many_small_chunks_are_dropped_and_compacted():
+    rng = random.Random(1)
+    log, every = DeltaLog(10), []
+    for _ in range(5000):
+        b = _batch(rng, 1)
+        first, _ = log.append(b)
+        every.append((first, b.segments[0], b.user_ids[0], "ENTER" if b.kind[0] == 1 else "EXIT"))
+    assert len(log._batches) - log._head == 10 and len(log._batches) < 3000
+    for after in (0, 4989, 4990, 4995, 5000):
+        _check_read(log, every, 10, after, None, None)
+        _check_read(log, every, 10, after, {"b"}, 2)
+    first, nxt, batch = log.export()
+    assert (first, nxt, len(batch)) == (4991, 5001, 10)
