@@ -241,7 +241,7 @@ def _locked(cls):
 
     body = {name: wrap(fn) for name, fn in vars(cls).items()
             if callable(fn) and not name.startswith("_") and name not in _UNLOCKED}
-    return type("ShardActor", (cls,), body)
+    return type(cls.__name__, (cls,), body)    # Ray names the process ray::ShardHost
 
 
 _actor_class = None
