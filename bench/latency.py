@@ -258,7 +258,40 @@ def main(argv=None) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
         with open(a.out, "w") as f:
             f.write(text + "\n")
+        plot(res, os.path.splitext(a.out)[0] + ".png")
     return 0
+
+
+def plot(res: dict, path: str) -> None:
+    """Ingest-to-delta p50 and p99 against the achieved load, one line pair per clock."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for run, color in zip(res["runs"], ("tab:blue", "tab:orange")):
+        pts = [m for m in run.get("curve", []) if m.get("latency", {}).get("p50_ms") is not None]
+        if not pts:
+            continue
+        x = [m["events_per_s"] for m in pts]
+        label = f"{run['clock']} clock"
+        ax.plot(x, [m["latency"]["p50_ms"] for m in pts], "o-", color=color, label=f"{label}, p50")
+        ax.plot(x, [m["latency"]["p99_ms"] for m in pts], "s--", color=color, label=f"{label}, p99")
+    ax.axhline(2, color="grey", lw=0.8, ls=":")
+    ax.axhline(10, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("achieved events/s (paced producer, open loop)")
+    ax.set_ylabel("ingest-to-delta latency (ms)")
+    r0 = res["runs"][0]
+    ax.set_title(f"gRPC, {r0['shards']} shards, {r0['segments']} segments, {r0['users']:,} users "
+                 f"(targets: p50 2 ms, p99 10 ms)", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
