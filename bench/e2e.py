@@ -430,20 +430,25 @@ def first_delta_s(srv: ServeProcess) -> float:
         return (end - srv.started_ns) / 1e9
 
 
+def load_traits(c, w: Workload) -> None:
+    """Every user's traits of the workload, in chunks of ``TRAIT_CHUNK``."""
+    cols = w.trait_columns()
+    names = list(cols)
+    ids = w.user_ids
+    for a in range(0, len(ids), TRAIT_CHUNK):
+        sl = slice(a, a + TRAIT_CHUNK)
+        lists = [cols[k][sl].tolist() for k in names]
+        c.set_traits_many([(uid, {k: col[i] for k, col in zip(names, lists) if col[i] is not None}, None)
+                           for i, uid in enumerate(ids[sl].tolist())])
+
+
 def _prepare(c, w: Workload, scenario: str) -> dict:
     """Reset the server, set the clock, traits (20 segments only) and segments."""
     c.reset(clock="event", retention="30d")
     c.advance_clock(w.config.start_ms)
     t0 = time.perf_counter()
     if scenario == "segments20":
-        cols = w.trait_columns()
-        names = list(cols)
-        ids = w.user_ids
-        for a in range(0, len(ids), TRAIT_CHUNK):
-            sl = slice(a, a + TRAIT_CHUNK)
-            lists = [cols[k][sl].tolist() for k in names]
-            c.set_traits_many([(uid, {k: col[i] for k, col in zip(names, lists) if col[i] is not None}, None)
-                               for i, uid in enumerate(ids[sl].tolist())])
+        load_traits(c, w)
         for name, text in SEGMENTS.items():
             c.create_segment(name, text)
     c.create_segment(ONE_SEGMENT_NAME, ONE_SEGMENT)

@@ -41,13 +41,12 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from bench.e2e import (ServeProcess, Subscriber, _batch_for, _log, _workload_spec, measure,  # noqa: E402
-                       percentiles_ms, run_producer)
+from bench.e2e import (ServeProcess, Subscriber, _batch_for, _log, _workload_spec, load_traits,  # noqa: E402
+                       measure, percentiles_ms, run_producer)
 from bench.workload import ONE_SEGMENT, ONE_SEGMENT_NAME, SEGMENTS, Workload, WorkloadConfig  # noqa: E402
 
 KNEE_P99_MS = 50.0
 SATURATION_BATCH = 10_000
-TRAIT_CHUNK = 20_000
 READ_KINDS = ("GetSegment", "GetUser", "GetStats")
 
 
@@ -57,14 +56,7 @@ def _setup(c, w: Workload, clock: str) -> dict:
     c.reset(clock=clock, retention="30d")
     if clock == "event":
         c.advance_clock(w.config.start_ms)
-    cols = w.trait_columns()
-    names = list(cols)
-    ids = w.user_ids
-    for a in range(0, len(ids), TRAIT_CHUNK):
-        sl = slice(a, a + TRAIT_CHUNK)
-        lists = [cols[k][sl].tolist() for k in names]
-        c.set_traits_many([(uid, {k: col[i] for k, col in zip(names, lists) if col[i] is not None}, None)
-                           for i, uid in enumerate(ids[sl].tolist())])
+    load_traits(c, w)
     for name, text in SEGMENTS.items():
         c.create_segment(name, text)
     c.create_segment(ONE_SEGMENT_NAME, ONE_SEGMENT)
