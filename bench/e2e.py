@@ -108,6 +108,8 @@ class ServeProcess:
                "serve", "--host", "127.0.0.1", "--port", "0", "--shards", str(self.shards),
                "--clock", self.clock, "--data-dir", os.path.join(self._dir.name, "data"),
                "--allow-reset", *self.extra_args]
+        if "--console-port" not in self.extra_args:   # side by side: none takes 8080
+            cmd.append("--no-console")
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         self.started_ns = time.monotonic_ns()

@@ -11,6 +11,8 @@
     rtseg clock NOW_MS                                     (event clock only)
     rtseg health
     rtseg mcp [--allow-write] [--http]                     an MCP server for AI assistants
+    rtseg console [--port 8080] [--host H]                 the web console of a server elsewhere
+    rtseg destination create NAME URL [--segments a,b] | list | delete NAME   webhooks
     rtseg report segment|goal NAME [--out FILE.png]        PNG charts (size over time, goals)
     rtseg bench ...                                        (the bench/ package, when present)
 
@@ -141,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("rfm", parents=[client],
                    help="recompute the rfm_* quintile boundaries now and print them")
     _add_mcp_parser(sub, client)
+    _add_console_parser(sub, client)
+    _add_destination_parser(sub, client)
     sub.add_parser("bench", add_help=False, help="benchmarks (the bench package)")
     return parser
 
@@ -436,6 +440,8 @@ def _run_operator(args) -> int:
         return _run_watch(args)
     if args.command == "report":
         return _run_report(args)
+    if args.command == "destination":
+        return _run_destination(args)
     if args.command == "goal":
         return _run_goal(args)
     if args.command in ("ingest", "traits"):
@@ -634,6 +640,44 @@ def _run_report(args) -> int:
     return EXIT_OK
 
 
+def _add_destination_parser(sub, client) -> None:
+    d = sub.add_parser("destination", help="webhook destinations: deltas POSTed to a URL",
+                       description="POST the deltas of chosen segments to a URL in signed JSON "
+                       "batches, at least once, with retries; each destination resumes from its "
+                       "last acknowledged sequence after a restart. See docs/webhooks.md.")
+    dsub = d.add_subparsers(dest="destination_command", metavar="ACTION")
+    dsub.required = True
+    c = dsub.add_parser("create", parents=[client], help="start delivering (from now on)")
+    c.add_argument("name")
+    c.add_argument("url", help="http:// or https:// URL that receives the POSTs")
+    c.add_argument("--segments", default="", metavar="A,B",
+                   help="comma-separated segments whose deltas it gets (default: all)")
+    c.add_argument("--secret", default="",
+                   help="HMAC-SHA256 key of X-Rtseg-Signature (default: generated; printed once)")
+    c.add_argument("--batch-size", type=int, default=0, metavar="N",
+                   help="deltas per POST at most (default 500)")
+    c.add_argument("--max-wait-ms", type=int, default=0, metavar="MS",
+                   help="a partial batch goes after this long (default 200)")
+    c.add_argument("--timeout-ms", type=int, default=0, metavar="MS",
+                   help="of one POST (default 10000)")
+    dsub.add_parser("list", parents=[client], help="every destination: cursor, state, errors")
+    dsub.add_parser("delete", parents=[client], help="stop delivering and forget it").add_argument("name")
+
+
+def _run_destination(args) -> int:
+    cmd = args.destination_command
+    with _client(args) as c:
+        if cmd == "create":
+            segments = [s.strip() for s in args.segments.split(",") if s.strip()]
+            _print_json(c.create_destination(args.name, args.url, segments, args.secret,
+                                             args.batch_size, args.max_wait_ms, args.timeout_ms))
+        elif cmd == "list":
+            _print_json([dataclasses.asdict(d) for d in c.list_destinations()])
+        elif cmd == "delete":
+            _print_json(c.delete_destination(args.name))
+    return EXIT_OK
+
+
 def _add_mcp_parser(sub, client) -> None:
     m = sub.add_parser("mcp", parents=[client], help="an MCP server for AI assistants",
                        description="Serve the Model Context Protocol over stdio (default) or "
@@ -669,6 +713,29 @@ def _run_mcp(args) -> int:
     return EXIT_OK
 
 
+def _add_console_parser(sub, client) -> None:
+    c = sub.add_parser("console", parents=[client], help="the web console and /metrics of a "
+                       "running server", description="Serve the web console (live segment "
+                       "sizes, editor, users, models, goals) and /metrics for a server "
+                       "elsewhere; rtseg serve runs the same console by itself. See "
+                       "docs/console.md.")
+    c.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    c.add_argument("--port", type=int, default=8080,
+                   help="port (default 8080; 0 picks a free one)")
+
+
+def _run_console(args) -> int:
+    from engine.client import DEFAULT_TARGET
+    from engine.web import run_console
+
+    try:
+        return run_console(args.server_address or _env_default("RTSEG_TARGET", DEFAULT_TARGET),
+                           args.token or _env_default("RTSEG_TOKEN"), host=args.host,
+                           port=args.port, tls_ca=args.tls_ca or _env_default("RTSEG_TLS_CA"))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
 def _run_bench(argv: list[str]) -> int:
     try:
         bench_cli = importlib.import_module("bench.cli")
@@ -699,6 +766,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(config)
     if args.command == "mcp":
         return _run_mcp(args)
+    if args.command == "console":
+        return _run_console(args)
     import grpc
 
     from engine.errors import EngineError

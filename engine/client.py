@@ -383,6 +383,35 @@ class Client:
 
         return goal_from_pb(self._call("DeleteGoal", pb.GoalRef(name=name)))
 
+    # ------------------------------------------------------------------ webhook destinations
+
+    def create_destination(self, name: str, url: str, segments: Sequence[str] = (),
+                           secret: str = "", batch_size: int = 0, max_wait_ms: int = 0,
+                           timeout_ms: int = 0):
+        """POST the deltas of ``segments`` (empty: all) from now on to ``url`` in signed JSON
+        batches (docs/webhooks.md) -> DestinationInfo (engine.server._destinations), whose
+        ``secret`` (given, or generated when empty) is shown only here. 0 means the default
+        (500 deltas a batch, 200 ms of waiting for a partial one, 10 s a POST)."""
+        from engine.server._destinations import destination_from_pb
+
+        return destination_from_pb(self._call("CreateDestination", pb.DestinationSpec(
+            name=name, url=url, segments=list(segments or ()), secret=secret or "",
+            batch_size=int(batch_size), max_wait_ms=int(max_wait_ms),
+            timeout_ms=int(timeout_ms))))
+
+    def list_destinations(self) -> list:
+        """Every destination with its cursor, counts, state and last error."""
+        from engine.server._destinations import destination_from_pb
+
+        return [destination_from_pb(d) for d in
+                self._call("ListDestinations", pb.ListDestinationsRequest()).destinations]
+
+    def delete_destination(self, name: str):
+        """Stop delivering to a destination and forget it (UnknownDestination if absent)."""
+        from engine.server._destinations import destination_from_pb
+
+        return destination_from_pb(self._call("DeleteDestination", pb.DestinationRef(name=name)))
+
     # ------------------------------------------------------------------ clock, stats, scale
 
     def advance_clock(self, now_ms: int, allow_far_future: bool = False) -> int:

@@ -125,6 +125,13 @@ OPTIONS: tuple[_Option, ...] = (
             "FILE"),
     _Option("token", "--token", _optional_str, None,
             "require 'authorization: Bearer TOKEN' on every call", "TOKEN"),
+    _Option("console_host", "--console-host", str, "127.0.0.1",
+            "address of the web console and /metrics", "HOST"),
+    _Option("console_port", "--console-port", _port, 8080,
+            "port of the web console and /metrics (0: pick a free one; taken: a warning, gRPC "
+            "still serves)", "PORT"),
+    _Option("no_console", "--no-console", _bool, False,
+            "do not serve the web console and /metrics"),
     _Option("flush_events", "--flush-events", _positive_int, 65536,
             "micro-batch: flush a shard's batch at this many events", "N"),
     _Option("flush_interval_us", "--flush-interval-us", _positive_int, 300,
@@ -224,6 +231,9 @@ class ServerConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     token: str | None = None
+    console_host: str = "127.0.0.1"
+    console_port: int = 8080
+    no_console: bool = False
     flush_events: int = 65536
     flush_interval_us: int = 300
     tick_interval_ms: int = 10

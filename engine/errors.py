@@ -95,3 +95,19 @@ class UnknownGoal(EngineError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "unknown goal"
+
+
+class DestinationError(EngineError, ValueError):
+    """A webhook destination that cannot be used (a URL that is not http(s), an unknown
+    segment, a batch size out of range); the message names the field (INVALID_ARGUMENT)."""
+
+
+class DestinationExists(EngineError):
+    """A webhook destination with that name already exists (ALREADY_EXISTS)."""
+
+
+class UnknownDestination(EngineError, KeyError):
+    """No webhook destination has that name (NOT_FOUND)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown destination"

@@ -37,6 +37,8 @@ class ServerProcess:
         full_env.update(env or {})
         cmd = [sys.executable, "-m", "engine.cli", "serve", "--host", "127.0.0.1", "--port", "0",
                "--data-dir", str(self.workdir / "data"), *args]
+        if "--console-port" not in args:      # many servers side by side: none takes 8080
+            cmd.append("--no-console")
         self._stderr = open(self.stderr_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
                                      cwd=self.workdir, env=full_env, start_new_session=True)

@@ -184,7 +184,7 @@ class LocalServer:
         from engine.server._app import run_server
 
         cfg = ServerConfig(**{"port": 0, "shards": 3, "clock": "event", "data_dir": "",
-                              "allow_reset": True, **overrides})
+                              "allow_reset": True, "no_console": True, **overrides})
         self._box: dict = {}
         started = threading.Event()
 

@@ -111,12 +111,19 @@ async def run_server(config: ServerConfig, *, on_ready: Callable[[int], None] | 
     print(f"{READY_LINE} {config.host}:{port} (shards={config.shard_count}, clock={config.clock}"
           f"{', tls' if config.tls_cert else ''}{', token' if config.token else ''})",
           flush=True)
+    console = None
+    if not config.no_console:        # the web console and /metrics (engine.web)
+        from engine.web import start_in_server
+
+        console = await start_in_server(config, gateway, port)
     if on_ready is not None:
         on_ready(port)
     try:
         await stop.wait()
     finally:
         print("rtseg: shutting down", file=sys.stderr, flush=True)
+        if console is not None:
+            await console.stop()
         await health_servicer.enter_graceful_shutdown()
         await server.stop(SHUTDOWN_GRACE_S)
         await gateway.stop()

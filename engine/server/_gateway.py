@@ -71,6 +71,8 @@ class Gateway:
         from engine.server._goals import GoalService
         self.goals = GoalService(self)           # goals (engine._goals): definitions, trackers
         self.rfm = RfmService(self, config.rfm_interval_ms)
+        from engine.server._destinations import DestinationService
+        self.destinations = DestinationService(self)   # webhooks; DATA_DIR/destinations.json
         self.history = SizeHistory(config.history_interval_ms, config.history_retention_ms)
         self.history_sampler = GatewaySampler(self)
         self.registry = SegmentRegistry(retention_ms=self.retention_ms,
@@ -95,6 +97,7 @@ class Gateway:
         self.rate = RateMeter()
         self.ingest_latency = LatencyWindow()
         self.round_latency = LatencyWindow()     # a round: sent to the shards -> published
+        self.delta_latency = LatencyWindow()     # an ingest op received -> its deltas published
 
     # ------------------------------------------------------------------ properties
 
@@ -135,6 +138,7 @@ class Gateway:
             self._tasks.append(asyncio.ensure_future(_recovery.snapshot_loop(self)))
         if restored and len(self.shards) != shards:
             await self.scale(shards)
+        await self.destinations.start()      # after recovery: the delta log is back
         self.ready = True
 
     def check_ready(self) -> None:
@@ -149,6 +153,7 @@ class Gateway:
         if self._closed:
             return
         self.models.stop()
+        await self.destinations.stop()       # saves the cursors
         for t in self._tasks[1:]:
             t.cancel()
         for t in self._tasks[1:]:

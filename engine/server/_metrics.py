@@ -1,23 +1,57 @@
-"""Small, allocation-free metrics for GetStats: latency percentiles over the most recent
-samples and an events-per-second rate over a sliding few seconds."""
+"""Small, allocation-free metrics for GetStats and ``/metrics``: latency percentiles over the
+most recent samples, cumulative latency histograms (Prometheus buckets) and an events-per-second
+rate over a sliding few seconds."""
 
 from __future__ import annotations
 
+import bisect
 import time
 
 import numpy as np
 
 
+# Upper bounds of the latency buckets, in ms (Prometheus ``le`` in seconds: these / 1000).
+LATENCY_BUCKETS_MS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0,
+                      1000.0, 2500.0, 5000.0, 10000.0)
+
+
+class Histogram:
+    """Counts of every sample since start by bucket (``le`` upper bounds in ms), with their sum:
+    what a Prometheus histogram exposes, without the percentile window's forgetting."""
+
+    def __init__(self, bounds_ms: tuple[float, ...] = LATENCY_BUCKETS_MS):
+        self.bounds_ms = tuple(sorted(bounds_ms))
+        self._counts = [0] * (len(self.bounds_ms) + 1)     # the last one: above every bound
+        self.count = 0
+        self.sum_ms = 0.0
+
+    def observe_ms(self, ms: float) -> None:
+        self._counts[bisect.bisect_left(self.bounds_ms, ms)] += 1
+        self.count += 1
+        self.sum_ms += ms
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """``[(le_ms, samples <= le_ms), ..., (inf, count)]``."""
+        out, total = [], 0
+        for bound, n in zip(self.bounds_ms + (float("inf"),), self._counts):
+            total += n
+            out.append((bound, total))
+        return out
+
+
 class LatencyWindow:
-    """The last ``capacity`` latencies (in ms), for percentiles."""
+    """The last ``capacity`` latencies (in ms), for percentiles, and a :class:`Histogram` of
+    all of them."""
 
     def __init__(self, capacity: int = 65536):
         self._buf = np.zeros(capacity, np.float64)
         self._n = 0
+        self.histogram = Histogram()
 
     def record_ms(self, ms: float) -> None:
         self._buf[self._n % len(self._buf)] = ms
         self._n += 1
+        self.histogram.observe_ms(ms)
 
     def record_since(self, t0_ns: int) -> None:
         self.record_ms((time.perf_counter_ns() - t0_ns) / 1e6)

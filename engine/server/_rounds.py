@@ -185,6 +185,10 @@ class Rounds:
             self._in_flight.release()
         if pending is not None:
             self.gw.round_latency.record_since(t0)
+            if not isinstance(outcome, BaseException):   # ingest -> its deltas published
+                for op, k in zip(ops, owners):
+                    if k >= 0 and op.kind != CLOCK and k < len(pending.published) and pending.published[k]:
+                        self.gw.delta_latency.record_since(op.t0_ns)
         for op, k in zip(ops, owners):
             if k < 0:
                 continue

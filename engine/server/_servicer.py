@@ -376,6 +376,31 @@ class SegmentEngineServicer(pb_grpc.SegmentEngineServicer):
 
         return goal_to_pb(await self.gw.goals.delete(request.name))
 
+    # ------------------------------------------------------------------ webhook destinations
+
+    @_unary
+    async def CreateDestination(self, request, context):
+        from engine.server._destinations import destination_to_pb
+
+        return destination_to_pb(await self.gw.destinations.create(
+            request.name, request.url, list(request.segments), request.secret,
+            request.batch_size, request.max_wait_ms, request.timeout_ms))
+
+    @_unary
+    async def ListDestinations(self, request, context):
+        from engine.server._destinations import destination_to_pb
+
+        out = pb.DestinationList()
+        for info in self.gw.destinations.list():
+            destination_to_pb(info, out.destinations.add())
+        return out
+
+    @_unary
+    async def DeleteDestination(self, request, context):
+        from engine.server._destinations import destination_to_pb
+
+        return destination_to_pb(await self.gw.destinations.delete(request.name))
+
     # ------------------------------------------------------------------ scaling, reset
 
     @_unary

@@ -35,6 +35,14 @@ class Subscriptions:
         self.max_subscribers = max_subscribers
         self.count = 0
         self._encoded: OrderedDict = OrderedDict()
+        self._cursors: dict[int, int] = {}    # per open subscription: the last sequence read
+
+    def lag(self) -> tuple[int, int]:
+        """(the largest, the sum of) deltas sequenced that open subscriptions have not read
+        yet (of their segments or not)."""
+        last = self.seq.log.last_sequence
+        lags = [max(0, last - c) for c in self._cursors.values()]
+        return (max(lags), sum(lags)) if lags else (0, 0)
 
     def encoded(self, page: Page, encode) -> bytes:
         """``encode(page)`` once for every subscriber that reads this same page."""
@@ -79,6 +87,8 @@ class Subscriptions:
         seq = self.seq
         epoch = seq.epoch
         wanted_key = frozenset(wanted) if wanted else None
+        me = object()
+        self._cursors[id(me)] = cursor
         try:
             while not seq.closed:
                 if epoch != seq.epoch:
@@ -98,6 +108,7 @@ class Subscriptions:
                     cursor = items[-1].sequence
                 else:
                     cursor = last
+                self._cursors[id(me)] = cursor
                 if stop_at is not None and items and items[-1].sequence > stop_at:
                     items = [d for d in items if d.sequence <= stop_at]
                 if items:
@@ -106,3 +117,4 @@ class Subscriptions:
                     yield page
         finally:
             self.count -= 1
+            self._cursors.pop(id(me), None)

@@ -30,6 +30,12 @@ class Cause(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SEGMENT_DELETED: _ClassVar[Cause]
     MODEL_UPDATED: _ClassVar[Cause]
     USER_DELETED: _ClassVar[Cause]
+
+class DestinationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DESTINATION_STATE_UNSPECIFIED: _ClassVar[DestinationState]
+    DELIVERING: _ClassVar[DestinationState]
+    BACKING_OFF: _ClassVar[DestinationState]
 VALUE_KIND_ABSENT: ValueKind
 VALUE_KIND_NUMBER: ValueKind
 VALUE_KIND_STRING: ValueKind
@@ -45,6 +51,9 @@ SEGMENT_CREATED: Cause
 SEGMENT_DELETED: Cause
 MODEL_UPDATED: Cause
 USER_DELETED: Cause
+DESTINATION_STATE_UNSPECIFIED: DestinationState
+DELIVERING: DestinationState
+BACKING_OFF: DestinationState
 
 class Value(_message.Message):
     __slots__ = ("string_value", "number_value", "bool_value")
@@ -744,3 +753,73 @@ class SegmentHistory(_message.Message):
     interval_ms: int
     retention_ms: int
     def __init__(self, name: _Optional[str] = ..., samples: _Optional[_Iterable[_Union[SizeSample, _Mapping]]] = ..., interval_ms: _Optional[int] = ..., retention_ms: _Optional[int] = ...) -> None: ...
+
+class DestinationSpec(_message.Message):
+    __slots__ = ("name", "url", "segments", "secret", "batch_size", "max_wait_ms", "timeout_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    url: str
+    segments: _containers.RepeatedScalarFieldContainer[str]
+    secret: str
+    batch_size: int
+    max_wait_ms: int
+    timeout_ms: int
+    def __init__(self, name: _Optional[str] = ..., url: _Optional[str] = ..., segments: _Optional[_Iterable[str]] = ..., secret: _Optional[str] = ..., batch_size: _Optional[int] = ..., max_wait_ms: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class DestinationRef(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListDestinationsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Destination(_message.Message):
+    __slots__ = ("name", "url", "segments", "cursor", "delivered", "failures", "last_error", "state", "next_retry_ms", "secret", "batch_size", "max_wait_ms", "timeout_ms", "created_ms", "skipped", "last_sequence")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_RETRY_MS_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_MS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    url: str
+    segments: _containers.RepeatedScalarFieldContainer[str]
+    cursor: int
+    delivered: int
+    failures: int
+    last_error: str
+    state: DestinationState
+    next_retry_ms: int
+    secret: str
+    batch_size: int
+    max_wait_ms: int
+    timeout_ms: int
+    created_ms: int
+    skipped: int
+    last_sequence: int
+    def __init__(self, name: _Optional[str] = ..., url: _Optional[str] = ..., segments: _Optional[_Iterable[str]] = ..., cursor: _Optional[int] = ..., delivered: _Optional[int] = ..., failures: _Optional[int] = ..., last_error: _Optional[str] = ..., state: _Optional[_Union[DestinationState, str]] = ..., next_retry_ms: _Optional[int] = ..., secret: _Optional[str] = ..., batch_size: _Optional[int] = ..., max_wait_ms: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., created_ms: _Optional[int] = ..., skipped: _Optional[int] = ..., last_sequence: _Optional[int] = ...) -> None: ...
+
+class DestinationList(_message.Message):
+    __slots__ = ("destinations",)
+    DESTINATIONS_FIELD_NUMBER: _ClassVar[int]
+    destinations: _containers.RepeatedCompositeFieldContainer[Destination]
+    def __init__(self, destinations: _Optional[_Iterable[_Union[Destination, _Mapping]]] = ...) -> None: ...

@@ -193,6 +193,21 @@ class SegmentEngineStub:
                 request_serializer=rtseg_dot_v1_dot_engine__pb2.ResetRequest.SerializeToString,
                 response_deserializer=rtseg_dot_v1_dot_engine__pb2.ResetReply.FromString,
                 _registered_method=True)
+        self.CreateDestination = channel.unary_unary(
+                '/rtseg.v1.SegmentEngine/CreateDestination',
+                request_serializer=rtseg_dot_v1_dot_engine__pb2.DestinationSpec.SerializeToString,
+                response_deserializer=rtseg_dot_v1_dot_engine__pb2.Destination.FromString,
+                _registered_method=True)
+        self.ListDestinations = channel.unary_unary(
+                '/rtseg.v1.SegmentEngine/ListDestinations',
+                request_serializer=rtseg_dot_v1_dot_engine__pb2.ListDestinationsRequest.SerializeToString,
+                response_deserializer=rtseg_dot_v1_dot_engine__pb2.DestinationList.FromString,
+                _registered_method=True)
+        self.DeleteDestination = channel.unary_unary(
+                '/rtseg.v1.SegmentEngine/DeleteDestination',
+                request_serializer=rtseg_dot_v1_dot_engine__pb2.DestinationRef.SerializeToString,
+                response_deserializer=rtseg_dot_v1_dot_engine__pb2.Destination.FromString,
+                _registered_method=True)
 
 
 class SegmentEngineServicer:
@@ -398,6 +413,27 @@ class SegmentEngineServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateDestination(self, request, context):
+        """Webhook destinations (issue 12): the deltas of chosen segments POSTed to a URL in signed
+        JSON batches, at least once, each destination at its own durable cursor (docs/webhooks.md).
+        INVALID_ARGUMENT for a bad URL, batch size or unknown segment; ALREADY_EXISTS; NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDestinations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDestination(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SegmentEngineServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -555,6 +591,21 @@ def add_SegmentEngineServicer_to_server(servicer, server):
                     servicer.Reset,
                     request_deserializer=rtseg_dot_v1_dot_engine__pb2.ResetRequest.FromString,
                     response_serializer=rtseg_dot_v1_dot_engine__pb2.ResetReply.SerializeToString,
+            ),
+            'CreateDestination': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateDestination,
+                    request_deserializer=rtseg_dot_v1_dot_engine__pb2.DestinationSpec.FromString,
+                    response_serializer=rtseg_dot_v1_dot_engine__pb2.Destination.SerializeToString,
+            ),
+            'ListDestinations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDestinations,
+                    request_deserializer=rtseg_dot_v1_dot_engine__pb2.ListDestinationsRequest.FromString,
+                    response_serializer=rtseg_dot_v1_dot_engine__pb2.DestinationList.SerializeToString,
+            ),
+            'DeleteDestination': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDestination,
+                    request_deserializer=rtseg_dot_v1_dot_engine__pb2.DestinationRef.FromString,
+                    response_serializer=rtseg_dot_v1_dot_engine__pb2.Destination.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1398,6 +1449,87 @@ class SegmentEngine:
             '/rtseg.v1.SegmentEngine/Reset',
             rtseg_dot_v1_dot_engine__pb2.ResetRequest.SerializeToString,
             rtseg_dot_v1_dot_engine__pb2.ResetReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateDestination(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtseg.v1.SegmentEngine/CreateDestination',
+            rtseg_dot_v1_dot_engine__pb2.DestinationSpec.SerializeToString,
+            rtseg_dot_v1_dot_engine__pb2.Destination.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDestinations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtseg.v1.SegmentEngine/ListDestinations',
+            rtseg_dot_v1_dot_engine__pb2.ListDestinationsRequest.SerializeToString,
+            rtseg_dot_v1_dot_engine__pb2.DestinationList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDestination(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtseg.v1.SegmentEngine/DeleteDestination',
+            rtseg_dot_v1_dot_engine__pb2.DestinationRef.SerializeToString,
+            rtseg_dot_v1_dot_engine__pb2.Destination.FromString,
             options,
             channel_credentials,
             insecure,
