@@ -22,7 +22,8 @@ another process (bench/e2e.py ``produce``) and the 20-segment workload of bench/
   times each; steady state (windows full is not the point here: ingestion is).
 * **Fan-out**: saturating throughput with no subscriber, then with ``--subscribers`` streams
   (``SubscribePages``, each on one segment, round robin over the 21) held by a separate
-  process; the cost is the ratio of the two throughputs.
+  process, then with none again; the cost is 1 - the throughput with them / the mean of the
+  two without (throughput falls as the windows fill, so one run before is not enough).
 """
 
 from __future__ import annotations
@@ -137,9 +138,14 @@ def fan_out(srv: ServeProcess, c, cur: Cursor, n_events: int, subscribers: int) 
     finally:
         out, err = proc.communicate("stop\n", timeout=120)
     held = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"error": err[-500:]}
-    return {"subscribers": subscribers, "events_per_s_alone": base["events_per_s"],
+    # alone again: throughput falls as the windows fill, so the run with subscribers is
+    # compared with the mean of one run before it and one after
+    after = measure_quiet(srv.target, cur.spec(n_events, SATURATION_BATCH, 0, "f2"))
+    alone = (base["events_per_s"] + after["events_per_s"]) / 2
+    return {"subscribers": subscribers, "events_per_s_alone": round(alone, 1),
+            "events_per_s_alone_before_after": [base["events_per_s"], after["events_per_s"]],
             "events_per_s_with_subscribers": loaded["events_per_s"],
-            "cost": round(1 - loaded["events_per_s"] / max(base["events_per_s"], 1), 3),
+            "cost": round(1 - loaded["events_per_s"] / max(alone, 1), 3),
             "deltas_received": held.get("deltas"), "subscriber_errors": held.get("errors"),
             # the subscribers' own process shares this machine's 2 cores with the server
             "subscriber_process_cpu_s": held.get("cpu_s"),

@@ -145,6 +145,20 @@ class DeltaLog:
 
         Raises SequenceTooOld when deltas right after ``after_sequence`` are no longer kept.
         """
+        out: list[Delta] = []
+        for first, batch, rows in self.read_parts(after_sequence, segments, limit):
+            objs = self._objects_of(batch, first)
+            if isinstance(rows, range):
+                out.extend(objs[rows.start:rows.stop])
+            else:
+                out.extend([objs[j] for j in rows])
+        return out
+
+    def read_parts(self, after_sequence: int = 0, segments: set[str] | None = None,
+                   limit: int | None = None, upto: int | None = None) -> list[tuple]:
+        """What :meth:`read` returns, without making objects: ``(first sequence, chunk,
+        positions)`` per chunk, positions ascending (a ``range`` or a list); at most ``limit``
+        deltas, none with a sequence above ``upto``."""
         with self._lock:
             head, nxt = self._head, self._next
             first_kept = self._firsts[head] if head < len(self._firsts) else nxt
@@ -155,26 +169,39 @@ class DeltaLog:
             i = max(head, bisect.bisect_right(self._firsts, after_sequence, head) - 1)
             firsts = self._firsts[i:]
             batches = self._batches[i:]
-        out: list[Delta] = []
+        out: list[tuple] = []
+        n = 0
         for first, batch in zip(firsts, batches):
             if first + len(batch) - 1 <= after_sequence:
                 continue
+            if upto is not None and first > upto:
+                break
             start = max(0, after_sequence + 1 - first)
+            stop = len(batch) if upto is None else min(len(batch), upto - first + 1)
             if segments:
                 rows = _rows_of(batch, segments, start)
                 self._note_cached(batch)
+                if stop < len(batch):
+                    rows = rows[:bisect.bisect_left(rows, stop)]
             else:
-                rows = range(start, len(batch))
+                rows = range(start, stop)
             if limit is not None:
-                rows = rows[:limit - len(out)]
-            objs = self._objects_of(batch, first)
-            if isinstance(rows, range):
-                out.extend(objs[rows.start:rows.stop])
-            else:
-                out.extend([objs[j] for j in rows])
-            if limit is not None and len(out) >= limit:
-                return out
+                rows = rows[:limit - n]
+            if len(rows):
+                out.append((first, batch, rows))
+                n += len(rows)
+            if limit is not None and n >= limit:
+                break
         return out
+
+    def columns_of(self, batch: DeltaBatch) -> tuple[list, list, list]:
+        """The chunk's kind, at_ms and cause as Python lists (made once, like its objects)."""
+        cols = batch.__dict__.get("_lists")
+        if cols is None:
+            cols = batch.__dict__["_lists"] = (batch.kind.tolist(), batch.at_ms.tolist(),
+                                               batch.cause.tolist())
+            self._note_cached(batch)
+        return cols
 
     def _objects_of(self, batch: DeltaBatch, first: int) -> list[Delta]:
         """The chunk's deltas as objects, made once and shared by every reader while the
@@ -183,7 +210,7 @@ class DeltaLog:
         if cached is not None and cached[0] == first:
             return cached[1]
         segs, users = batch.segments, batch.user_ids
-        kind, at, cause = batch.kind.tolist(), batch.at_ms.tolist(), batch.cause.tolist()
+        kind, at, cause = self.columns_of(batch)
         objs = [Delta(first + j, segs[j], users[j], KIND_NAMES[kind[j]], at[j],
                       CAUSE_NAMES.get(cause[j], "CAUSE_UNSPECIFIED")) for j in range(len(segs))]
         batch.__dict__["_objects"] = (first, objs)
@@ -198,7 +225,7 @@ class DeltaLog:
             self._cached.append(batch)
             while len(self._cached) > CACHED_CHUNKS:
                 old = self._cached.popleft()
-                for key in ("_objects", "_by_segment", "_cached_in"):
+                for key in ("_objects", "_by_segment", "_lists", "_cached_in"):
                     old.__dict__.pop(key, None)
 
     # ------------------------------------------------------------------ snapshots

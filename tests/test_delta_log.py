@@ -30,6 +30,10 @@ def _check_read(log: DeltaLog, every: list, cap: int, after: int, segs, limit) -
     want = [d for d in kept if d[0] > after and (not segs or d[1] in segs)][:limit]
     got = [(d.sequence, d.segment, d.user_id, d.kind) for d in log.read(after, segs, limit)]
     assert got == want
+    upto = after + 5                                   # the parts, cut at a sequence
+    parts = log.read_parts(after, segs, limit, upto=upto)
+    assert [(first + j, b.segments[j], b.user_ids[j]) for first, b, rows in parts for j in rows] \
+        == [d[:3] for d in want if d[0] <= upto]
 
 
 @pytest.mark.parametrize("seed", range(40))

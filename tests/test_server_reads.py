@@ -151,3 +151,25 @@ def test_subscribers_sharing_encoded_pages_each_get_their_own_segments(server):
             assert [(d.sequence, d.segment, d.user_id) for d in got[k]] == want, k
         for s in subs.values():
             s.close()
+
+
+def test_a_page_encoded_from_the_columns_equals_one_made_of_deltas():
+    import numpy as np
+
+    from engine._deltas import DeltaBatch, DeltaLog
+    from engine._pb import pb
+    from engine.server._servicer import _encode_page, delta_pb
+    from engine.server._subscriptions import Page
+
+    rng = random.Random(3)
+    log = DeltaLog(5000)
+    for _ in range(30):
+        n = rng.randrange(1, 40)
+        log.append(DeltaBatch([rng.choice("ab") for _ in range(n)], [f"u{rng.randrange(50)}" for _ in range(n)],
+                              np.array([rng.choice([1, 2]) for _ in range(n)], np.int8),
+                              np.array([rng.choice([1, 2, 3, 5, 7]) for _ in range(n)], np.int8),
+                              np.arange(n, dtype=np.int64) * 1000 + T0))
+    for after, segs in ((0, None), (17, {"a"}), (300, {"b"}), (100, {"a", "b"})):
+        page = Page(log, log.read_parts(after, segs, 4096), ())
+        want = pb.DeltaPage(deltas=[delta_pb(d) for d in log.read(after, segs)]).SerializeToString()
+        assert _encode_page(page) == want and len(page) == len(log.read(after, segs))

@@ -76,7 +76,17 @@ def _user_view_pb(user_id: str, view: dict) -> "pb.UserView":
 
 
 def _encode_page(page) -> bytes:
-    return pb.DeltaPage(deltas=[delta_pb(d) for d in page]).SerializeToString()
+    """A ``_subscriptions.Page`` -> an encoded DeltaPage, straight from the log's columns
+    (kind and cause numbers are the proto's)."""
+    msg = pb.DeltaPage()
+    add = msg.deltas.add
+    for first, batch, rows in page.parts:
+        segs, users = batch.segments, batch.user_ids
+        kind, at, cause = page.log.columns_of(batch)
+        for j in rows:
+            add(sequence=first + j, segment=segs[j], user_id=users[j], kind=kind[j], at_ms=at[j],
+                cause=cause[j])
+    return msg.SerializeToString()
 
 
 def delta_pb(d) -> "pb.Delta":

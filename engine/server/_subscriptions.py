@@ -17,12 +17,35 @@ READ_BATCH = 4096            # deltas read from the log per subscriber wake-up
 ENCODED_PAGES = 512          # pages kept encoded for the wire, shared by equal subscribers
 
 
-class Page(list):
-    """Deltas read by one subscriber at one wake-up. ``key`` names its content exactly (the
-    log is append-only): every subscriber with the same segments at the same cursor reads
-    the same page, so it is encoded for the wire once (:meth:`Subscriptions.encoded`)."""
+class Page:
+    """The deltas one subscriber reads at one wake-up, as positions in the log's chunks (no
+    object per delta unless iterated). ``key`` names its content exactly (the log is
+    append-only): every subscriber with the same segments at the same cursor reads the same
+    page, so it is encoded for the wire once (:meth:`Subscriptions.encoded`)."""
 
-    __slots__ = ("key",)
+    __slots__ = ("log", "parts", "key", "n")
+
+    def __init__(self, log, parts: list, key: tuple):
+        self.log, self.parts, self.key = log, parts, key
+        self.n = sum(len(rows) for _, _, rows in parts)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        """The page's ``Delta`` objects (shared with every other reader of the chunk)."""
+        for first, batch, rows in self.parts:
+            objs = self.log._objects_of(batch, first)
+            if isinstance(rows, range):
+                yield from objs[rows.start:rows.stop]
+            else:
+                for j in rows:
+                    yield objs[j]
+
+    @property
+    def last_sequence(self) -> int:
+        first, _, rows = self.parts[-1]
+        return first + rows[-1]
 
 
 class TooManySubscribers(Overloaded):
@@ -103,17 +126,12 @@ class Subscriptions:
                     await seq.wait_beyond(cursor, epoch)
                     continue
                 start = cursor
-                items = log.read(cursor, wanted, limit=READ_BATCH)
-                if len(items) >= READ_BATCH:
-                    cursor = items[-1].sequence
-                else:
-                    cursor = last
+                parts = log.read_parts(cursor, wanted, READ_BATCH, upto=last)
+                page = Page(log, parts, ()) if parts else None
+                cursor = page.last_sequence if page is not None and len(page) >= READ_BATCH else last
                 self._cursors[id(me)] = cursor
-                if stop_at is not None and items and items[-1].sequence > stop_at:
-                    items = [d for d in items if d.sequence <= stop_at]
-                if items:
-                    page = Page(items)
-                    page.key = (epoch, wanted_key, start, items[-1].sequence)
+                if page is not None:
+                    page.key = (epoch, wanted_key, start, page.last_sequence)
                     yield page
         finally:
             self.count -= 1
