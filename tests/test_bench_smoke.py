@@ -22,7 +22,6 @@ from bench.baseline_python import BaselineEngine
 from bench.workload import (
     BLOCK,
     ONE_SEGMENT,
-    ONE_SEGMENT_NAME,
     SEGMENTS,
     Workload,
     WorkloadConfig,

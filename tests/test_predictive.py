@@ -178,7 +178,7 @@ def small():
 
 def test_the_engine_sees_the_generators_features_and_labels(world):
     """Point-in-time rows from the engine equal the generator's own, computed in numpy."""
-    pop, eng, rep = world["pop"], world["eng"], world["report"]
+    pop, rep = world["pop"], world["report"]
     assert rep.cutoff_ms == END - HORIZON == pop.at
     td = world["td"]
     rows = pop.rows_of(td["user_ids"])

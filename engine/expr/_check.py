@@ -78,7 +78,7 @@ class _Checker:
         line = getattr(node, "window_line", 0) or node.line
         col = getattr(node, "window_col", 0) or node.col
         if not isinstance(window_ms, int) or isinstance(window_ms, bool) or window_ms <= 0:
-            raise ExpressionError(line, col, f"a window must be a positive duration, such as 7d")
+            raise ExpressionError(line, col, "a window must be a positive duration, such as 7d")
         if self.retention_ms is not None and window_ms > self.retention_ms:
             text, limit = duration_text(window_ms), duration_text(self.retention_ms)
             if getattr(node, "window_line", 0) == 0 and isinstance(node, A.Rfm):
