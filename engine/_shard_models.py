@@ -10,6 +10,8 @@ between shards. Feature expressions are compiled into one value plan shared by e
 
 from __future__ import annotations
 
+import time
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,6 +91,8 @@ class ShardModels:
         self._fplan = Plan.empty()
         self._ftexts: list[str] = []
         self._fmask = 0
+        self.scoring_s = 0.0           # time spent scoring (features + models), since start
+        self.scored_rows = 0
 
     # ------------------------------------------------------------------ schema (ShardSchema)
     def model(self, name: str):
@@ -263,6 +267,14 @@ class ShardModels:
         model. Returns (rows whose score changed, their trait bits) for re-evaluation."""
         if not self.models or not len(rows):
             return _EMPTY_I64, _EMPTY_U64
+        t0 = time.perf_counter()
+        try:
+            return self._score_rows(rows, now_ms, only)
+        finally:
+            self.scoring_s += time.perf_counter() - t0
+            self.scored_rows += len(rows)
+
+    def _score_rows(self, rows: np.ndarray, now_ms: int, only: str | None):
         if only is None:       # every model: one pass over the features they share
             vals = self._values_of(self._fplan, rows, now_ms)
             inputs = [(m, vals[:, m.columns]) for m in self.models.values()]

@@ -368,3 +368,23 @@ def test_standalone_console_against_a_remote_server(server, client):
                 proc.kill()
             proc.stdout.close()
             proc.stderr.close()
+
+
+@pytest.mark.ray
+def test_model_scoring_time_is_counted_per_shard(server, client):
+    from tests.test_models_engine import tanh_logistic_onnx
+
+    def scored(fams):
+        fam = fams["rtseg_model_scored_rows"]
+        rows = sum(s.value for s in fam.samples if s.name == "rtseg_model_scored_rows_total")
+        secs = sum(s.value for s in fams["rtseg_model_scoring_seconds"].samples
+                   if s.name == "rtseg_model_scoring_seconds_total")
+        return rows, secs
+
+    onnx, _ = tanh_logistic_onnx(1, seed=2, scale=[0.01])
+    client.deploy_model("web_m", onnx, ["count(view, 1d)"])
+    rows0, secs0 = scored(scrape(server.console))
+    client.ingest(views("sc", 25, per_user=2))                  # 25 users whose feature moved
+    rows1, secs1 = scored(scrape(server.console))
+    assert rows1 - rows0 >= 25 and secs1 > secs0
+    client.delete_model("web_m")

@@ -182,15 +182,22 @@ def families(snap: dict) -> list:
         apply = GaugeMetricFamily("rtseg_shard_apply_latency_seconds", "Per shard: one round's "
                                   "steps applied (events, timers, model scoring), quantiles over "
                                   "recent rounds.", labels=["shard", "quantile"])
+        scoring = CounterMetricFamily("rtseg_model_scoring_seconds", "Per shard: time spent "
+                                      "scoring users with the deployed models (features and "
+                                      "ONNX runs).", labels=["shard"])
+        scored = CounterMetricFamily("rtseg_model_scored_rows", "Per shard: user rows scored.",
+                                     labels=["shard"])
         for s in shard_stats:
             i = str(s.get("shard", 0))
+            scoring.add_metric([i], float(s.get("model_scoring_s", 0)))
+            scored.add_metric([i], float(s.get("model_scored_rows", 0)))
             users.add_metric([i], float(s.get("users", 0)))
             events.add_metric([i], float(s.get("events", 0)))
             dropped.add_metric([i], float(s.get("events_dropped", 0)))
             lat = s.get("apply_latency") or {}
             for q, field in QUANTILES:
                 apply.add_metric([i, q], _s(lat.get(field)))
-        out += [users, events, dropped, apply]
+        out += [users, events, dropped, apply, scoring, scored]
 
     log = snap.get("log")
     if log:
