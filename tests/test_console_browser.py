@@ -153,6 +153,16 @@ def test_console_in_a_browser(server, driver, tmp_path):
         wait.until(lambda d: "repeat_viewers" in d.find_element(By.ID, "user-out").text)
         assert '"TR"' in driver.find_element(By.ID, "user-out").text
 
+        # a goal's own segments ("goal:..."): hidden until asked for
+        c.create_segment("goal:demo:most", "count(view, 1d) >= 1")
+        goal_row = 'tr[data-segment="goal:demo:most"]'
+        wait.until(lambda d: d.find_element(By.ID, "goal-segment-count").text == "1")
+        assert not driver.find_elements(By.CSS_SELECTOR, goal_row)
+        driver.find_element(By.ID, "show-goal-segments").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, goal_row))
+        driver.find_element(By.ID, "show-goal-segments").click()
+        wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, goal_row))
+
         shot = tmp_path / "console.png"
         driver.find_element(By.ID, "seg-name").click()
         assert driver.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -149,9 +149,17 @@ function drawChart(canvas, series, opts = {}) {
 
 // ------------------------------------------------------------------ segments
 
+// goals make segments of their own ("goal:NAME:most", ...): shown only when asked
+const isGoalSegment = (name) => name.startsWith("goal:");
+
 function renderSegments() {
   const tbody = $("#segments-table tbody");
-  const names = [...state.segments.keys()].sort();
+  const all = [...state.segments.keys()].sort();
+  const showGoals = $("#show-goal-segments").checked;
+  const names = all.filter((n) => showGoals || !isGoalSegment(n) || n === state.selected);
+  const hidden = all.filter(isGoalSegment).length;
+  $("#goal-toggle").hidden = hidden === 0;
+  $("#goal-segment-count").textContent = fmt(hidden);
   tbody.replaceChildren(...names.map((name) => {
     const s = state.segments.get(name);
     if (!state.opened.has(name)) state.opened.set(name, s.size);
@@ -165,7 +173,7 @@ function renderSegments() {
     if (name === state.selected) tr.classList.add("selected");
     return tr;
   }));
-  $("#segments-empty").hidden = names.length > 0;
+  $("#segments-empty").hidden = all.length > 0;
   $("#segment-count").textContent = names.length ? "(" + names.length + ")" : "";
 }
 
@@ -492,6 +500,7 @@ function start() {
   $("#expr").addEventListener("input", onExpressionInput);
   $("#expr").addEventListener("scroll", () => { $("#expr-backdrop").scrollTop = $("#expr").scrollTop; });
   $("#preview-btn").addEventListener("click", preview);
+  $("#show-goal-segments").addEventListener("change", renderSegments);
   $("#save-btn").addEventListener("click", save);
   $("#new-btn").addEventListener("click", () => setEditing(null));
   $("#edit-btn").addEventListener("click", () => state.selected && setEditing(state.segments.get(state.selected)));
