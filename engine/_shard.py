@@ -731,8 +731,6 @@ class ShardCore(ShardModels, ShardRfm):
             "events_dropped": int(self.counters[0]),
             "event_types": len(self.type_names),
             "segments": len(self.defs),
-            "model_scoring_s": float(self.scoring_s),
-            "model_scored_rows": int(self.scored_rows),
         }
 
     def memory(self) -> dict:

@@ -212,6 +212,9 @@ class ShardHost:
             stats.setdefault("memory_bytes", 0)
         stats.setdefault("events", int(stats.get("events_retained", 0)))
         stats["events_applied"] = self.events_applied
+        # measured, not state: kept out of ShardCore.stats (which a restored core reproduces)
+        stats["model_scoring_s"] = float(self.core.scoring_s)
+        stats["model_scored_rows"] = int(self.core.scored_rows)
         lat = np.asarray(self._apply_ms or [0.0])
         stats["apply_latency"] = {
             "count": len(self._apply_ms),
