@@ -22,13 +22,11 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "docs" / "img" / "console.png"))
     a = ap.parse_args()
 
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     from engine.client import Client
-    from tests.test_console_browser import CHROMEDRIVER, CHROMIUM
+    from tests.test_console_browser import headless_chromium
     from tests.test_server_models import SPEC, population
     from tests.test_server_support import TOKEN, ServerProcess
     from tests.test_web import read_console_url
@@ -50,14 +48,7 @@ def main() -> int:
                               end_ms=c.now_ms + 7 * 86_400_000)
                 c.set_traits("u00007", {"country": "TR", "plan": "pro"})
 
-                opts = webdriver.ChromeOptions()
-                opts.binary_location = CHROMIUM
-                for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                            "--disable-background-networking", "--disable-component-update",
-                            "--disable-sync", "--no-first-run", "--window-size=1440,1900",
-                            f"--user-data-dir={tmp}/profile"):
-                    opts.add_argument(arg)
-                d = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+                d = headless_chromium(f"{tmp}/profile", "1440,1900")
                 try:
                     wait = WebDriverWait(d, 60)
                     d.get(f"{url}/?token={TOKEN}")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_server_support import TOKEN, start_server
-from tests.test_web import T0, read_console_url, views
+from tests.test_server_support import TOKEN
+from tests.test_web import T0, console_server, views
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -41,6 +41,15 @@ def driver(tmp_path_factory):
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
+    d = headless_chromium(tmp_path_factory.mktemp("chromium-profile"), "1440,1200")
+    d.set_page_load_timeout(WAIT_S)
+    yield d
+    d.quit()
+
+
+def headless_chromium(profile_dir, window: str):
+    """A Selenium driver of Debian's Chromium, headless, with a fresh profile and no
+    background traffic (this machine's network is closed)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -48,22 +57,15 @@ def driver(tmp_path_factory):
     opts.binary_location = CHROMIUM
     for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", "--window-size=1440,1200",
-                f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+                "--disable-sync", "--no-first-run", f"--window-size={window}",
+                f"--user-data-dir={profile_dir}"):
         opts.add_argument(arg)
-    d = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
-    d.set_page_load_timeout(WAIT_S)
-    yield d
-    d.quit()
+    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = start_server(tmp_path_factory, "--shards", "2", "--clock", "event", "--token", TOKEN,
-                       "--console-port", "0")
-    srv.console = read_console_url(srv.proc)
-    yield srv
-    assert srv.stop() == 0, srv.stderr_tail()
+    yield from console_server(tmp_path_factory)
 
 
 def _select_all_and_type(el, text: str) -> None:

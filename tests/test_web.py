@@ -130,13 +130,19 @@ def test_page_assets_are_package_data():
 # ----------------------------------------------------------------------------- a live server
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def console_server(tmp_path_factory):
+    """A live ``rtseg serve`` (2 shards, event clock, token) with its console on a free port
+    (``srv.console``): a module fixture's body."""
     srv = start_server(tmp_path_factory, "--shards", "2", "--clock", "event", "--token", TOKEN,
                        "--console-port", "0")
     srv.console = read_console_url(srv.proc)
     yield srv
     assert srv.stop() == 0, srv.stderr_tail()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    yield from console_server(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
