@@ -5,7 +5,9 @@ It has no clock of its own: every call is given ``now_ms`` by its owner (the emb
 without Ray; the Ray ``ShardActor`` is a thin shell around it.
 
 Per user row: ``known`` flag, event-list headers per type, trait values, membership bits, a
-timer (next possible time-driven change) and, per block of 1024 rows, the timers' minimum.
+two-level timer (``timer``/``timer2``/``tmask``: the next possible time-driven change, and
+which segments it may change; see ``kernels._eval._run``) and, per block of 1024 rows, the
+timers' minimum.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .kernels import _store as KS
 from .kernels._strings import NUM_SLOTS, StringColumn, StringTable, split_strings
 
 INF_MS = KE.INF_MS
+ALL_SEGMENTS = np.uint64(0xFFFF_FFFF_FFFF_FFFF)   # a ``tmask`` naming every segment
 TBLOCK_SHIFT = 10
 VALUE_COLUMN = "value"
 _NULL_BITS = int(V.NULL_BITS)
@@ -104,6 +107,8 @@ class ShardCore(ShardModels, ShardRfm):
         self.traits = grow(g("traits"), (cap, self._ccap), V.NULL, np.float64)
         self.member = grow(g("member"), (cap, self._wcap), 0, np.uint64)
         self.timer = grow(g("timer"), cap, INF_MS, np.int64)
+        self.timer2 = grow(g("timer2"), cap, INF_MS, np.int64)
+        self.tmask = grow(g("tmask"), cap, ALL_SEGMENTS, np.uint64)
         nb = (cap >> TBLOCK_SHIFT) + 1
         tb = np.full(nb, INF_MS, np.int64)
         if g("tblock") is not None:
@@ -395,6 +400,7 @@ class ShardCore(ShardModels, ShardRfm):
             del self.slots[defn.name]
             self.plan = self._rebuild()
             raise
+        self._timers_name_all()
         idx = self.plan.index(defn.name)
         return self._evaluate(None, None, None, None, now_ms, CAUSE_SEGMENT_CREATED,
                               order=np.array([idx], np.int64), force=np.ones(1, np.bool_),
@@ -413,6 +419,7 @@ class ShardCore(ShardModels, ShardRfm):
             self.defs[defn.name] = old
             self.plan = self._rebuild()
             raise
+        self._timers_name_all()
         idx = self.plan.index(defn.name)
         dependents = self._dependents(defn.name)
         order = [idx] + [self.plan.index(d) for d in self.plan.names if d in dependents]
@@ -420,6 +427,14 @@ class ShardCore(ShardModels, ShardRfm):
         force[0] = True
         return self._evaluate(None, None, None, None, now_ms, CAUSE_SEGMENT_CREATED,
                               order=np.array(order, np.int64), force=force, rows=self._known_rows())
+
+    def _timers_name_all(self, rows=None) -> None:
+        """Let the next firing of these rows' timers (all rows by default) evaluate every
+        time-dependent segment: always a valid two-level timer, used where the segments or
+        the rows' owners change."""
+        sel = slice(None) if rows is None else rows
+        self.tmask[sel] = ALL_SEGMENTS
+        self.timer2[sel] = INF_MS
 
     def _dependents(self, name: str) -> set[str]:
         out: set[str] = set()
@@ -445,6 +460,7 @@ class ShardCore(ShardModels, ShardRfm):
         del self.defs[name]
         del self.slots[name]
         self.plan = self._rebuild()
+        self._timers_name_all()
         return delta
 
     def preview(self, defn: SegmentDef, now_ms: int, sample: int = 10) -> tuple[int, list[str]]:
@@ -511,6 +527,7 @@ class ShardCore(ShardModels, ShardRfm):
         self.traits[r, :] = V.NULL
         self.member[r, :] = 0
         self.timer[r] = INF_MS
+        self._timers_name_all(r)
         self.known[r] = False
         return DeltaBatch(segments=names, user_ids=[user_id] * len(names),
                           kind=np.full(len(names), 2, np.int8),
@@ -580,6 +597,7 @@ class ShardCore(ShardModels, ShardRfm):
         self.traits[rows, :] = V.NULL
         self.member[rows, :] = 0
         self.timer[rows] = INF_MS
+        self._timers_name_all(rows)
         self.known[rows] = False
         return len(rows)
 
@@ -632,6 +650,7 @@ class ShardCore(ShardModels, ShardRfm):
             s = self.slots[name]
             self.member[rows[idx], s >> 6] |= np.uint64(1 << (s & 63))
         self.timer[rows] = np.minimum(self.timer[rows], state["timers"])
+        self._timers_name_all(rows)     # the exported timer bounds every segment
         blocks = rows >> TBLOCK_SHIFT
         np.minimum.at(self.tblock, blocks, state["timers"])
         self.known[rows] = True
@@ -739,7 +758,7 @@ class ShardCore(ShardModels, ShardRfm):
         is arena address space reserved for growth and never written (not resident)."""
         rows = self._rcap
         per_user_arrays = (self.known.nbytes + self.h.nbytes + self.traits.nbytes + self.member.nbytes + self.timer.nbytes
-                           + self.tblock.nbytes + self._pos.nbytes)
+                           + self.timer2.nbytes + self.tmask.nbytes + self.tblock.nbytes + self._pos.nbytes)
         # The arena is reserved ahead of need with np.empty: its tail beyond the last block
         # handed out has never been written, so the OS has not backed it with memory.
         events = int(self.astate[0]) * 8

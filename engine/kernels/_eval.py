@@ -878,7 +878,7 @@ def _scratch(seg_tab, max_per):
 @njit(cache=True)
 def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
          seg_tab, dep_list, prog, consts, leaves, steps, fprog,
-         arena, width, h, traits, member, timer, tblock, tblock_shift,
+         arena, width, h, traits, member, timer, timer2, tmask, tblock, tblock_shift,
          now, retention_ms, max_per):
     """Evaluate segments ``order`` (plan indices, dependencies first) for user rows ``rows``.
 
@@ -891,6 +891,16 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
     lists, traits and bits stay in cache. Returns flips as (row list index, plan index, kind
     1=ENTER/2=EXIT). In ``dry`` mode nothing is written and every row where the segment holds
     is returned as ENTER.
+
+    **Two-level timers.** Per row, ``timer`` (T1) and ``timer2`` (T2 >= T1) are lower bounds
+    of the next time-driven change of the row's time-dependent segments: those whose bit
+    (``slot & 63``) is in ``tmask`` may change at T1 at the earliest, every other one at T2.
+    A row whose timer fired (``is_due``) evaluates only the segments of ``tmask`` while
+    ``now < T2``, and all of its time-dependent segments once T2 has passed. After a row is
+    evaluated the three are set anew from what is known of each time-dependent segment: the
+    exact next change of the segments just evaluated, and the old bound of the others; T1 is
+    their minimum, ``tmask`` the segments at T1, T2 the minimum of the rest (bits that alias
+    only make more segments evaluate: never a late timer).
     """
     m = rows.shape[0]
     nseg = seg_tab.shape[0]
@@ -901,6 +911,23 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
     out_k = np.empty(cap, dtype=np.int8)
     n_out = 0
     lv, ls, lnx, vst, sst, nst, fst, keys, idx, mt = _scratch(seg_tab, max_per)
+    # the time-dependent segments, their tmask bits, and per row what evaluating them gave
+    ntd = 0
+    for s in range(nseg):
+        if seg_tab[s, SEG_TIMEDEP] != 0:
+            ntd += 1
+    td = np.empty(ntd, dtype=np.int64)
+    k = 0
+    for s in range(nseg):
+        if seg_tab[s, SEG_TIMEDEP] != 0:
+            td[k] = s
+            k += 1
+    sbit = np.empty(nseg, dtype=np.uint64)
+    for s in range(nseg):
+        sbit[s] = np.uint64(1) << np.uint64(seg_tab[s, SEG_SLOT] & 63)
+    seg_nxt = np.empty(nseg, dtype=np.int64)
+    evald = np.zeros(nseg, dtype=np.bool_)
+    lbs = np.empty(ntd, dtype=np.int64)
     ntypes = h.shape[1]
     ntraits = traits.shape[1]
     nwords = member.shape[1]
@@ -913,6 +940,8 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
                 prefetch(traits, r8 * ntraits)
             prefetch(member, r8 * nwords)
             prefetch(timer, r8)
+            prefetch(timer2, r8)
+            prefetch(tmask, r8)
         if i + 4 < m:
             r4 = rows[i + 4]
             for t in range(ntypes):
@@ -921,12 +950,16 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
                     prefetch(arena, h_off(hd) + h_start(hd) * width[t])
         r = rows[i]
         any_flip = False
-        tmin = INF_MS
+        t1_old = timer[r]
+        t2_old = timer2[r]
+        m_old = tmask[r]
+        due_all = is_due[i] and t2_old <= now
         for oi in range(order.shape[0]):
             s = order[oi]
             timedep = seg_tab[s, SEG_TIMEDEP] != 0
             need = force[oi] or is_new[i] or (evmask[i] & np.uint64(seg_tab[s, SEG_EVMASK])) != 0 \
-                or (trmask[i] & np.uint64(seg_tab[s, SEG_TRMASK])) != 0 or (is_due[i] and timedep)
+                or (trmask[i] & np.uint64(seg_tab[s, SEG_TRMASK])) != 0 \
+                or (is_due[i] and timedep and (due_all or (m_old & sbit[s]) != 0))
             if not need and any_flip:
                 for d in range(seg_tab[s, SEG_DOFF], seg_tab[s, SEG_DOFF] + seg_tab[s, SEG_DLEN]):
                     if flipped[dep_list[d]]:
@@ -947,8 +980,9 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
                     continue
                 kind = 1
             else:
-                if timedep and nxt < tmin:
-                    tmin = nxt
+                if timedep:
+                    seg_nxt[s] = nxt
+                    evald[s] = True
                 slot = seg_tab[s, SEG_SLOT]
                 word = slot >> 6
                 bit = np.uint64(slot & 63)
@@ -978,11 +1012,36 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
             out_s[n_out] = s
             out_k[n_out] = kind
             n_out += 1
-        if tmin < timer[r]:
-            timer[r] = tmin
-            b = r >> tblock_shift
-            if tmin < tblock[b]:
-                tblock[b] = tmin
+        if dry:
+            continue
+        # the row's two-level timer anew (see the docstring)
+        t1 = INF_MS
+        for k in range(ntd):
+            s = td[k]
+            if evald[s]:
+                lb = seg_nxt[s]
+                evald[s] = False
+            elif (m_old & sbit[s]) != 0:
+                lb = t1_old
+            else:
+                lb = t2_old
+            lbs[k] = lb
+            if lb < t1:
+                t1 = lb
+        m1 = np.uint64(0)
+        for k in range(ntd):
+            if lbs[k] == t1:
+                m1 |= sbit[td[k]]
+        t2 = INF_MS
+        for k in range(ntd):
+            if (m1 & sbit[td[k]]) == 0 and lbs[k] < t2:
+                t2 = lbs[k]
+        timer[r] = t1
+        timer2[r] = t2
+        tmask[r] = m1
+        b = r >> tblock_shift
+        if t1 < tblock[b]:
+            tblock[b] = t1
     return out_i[:n_out], out_s[:n_out], out_k[:n_out]
 
 
@@ -1152,13 +1211,15 @@ def _touched(rows_ev, tids, trows, tmask, due, is_known, pos):
 def run_segments(plan, state, rows, evmask, trmask, is_new, is_due, order, force, now_ms,
                  tblock_shift, dry=False):
     """Evaluate segments for some users (``_run``); updates ``state.member`` and, unless
-    ``dry``, the users' timers (``state.timer`` / ``state.tblock``).
+    ``dry``, the users' two-level timers (``state.timer``, ``state.timer2``, ``state.tmask``;
+    see ``_run``) and ``state.tblock``.
 
     rows          int64[m]   user rows, unique
     evmask        uint64[m]  per row: bits (``type_id & 63``) of the event types just appended
     trmask        uint64[m]  per row: bits (``trait_col & 63``) of the traits just set
     is_new        bool[m]    per row: first evaluation (every segment is evaluated)
-    is_due        bool[m]    per row: its timer fired (time-dependent segments are evaluated)
+    is_due        bool[m]    per row: its timer fired (the time-dependent segments its timer
+                             names are evaluated: ``tmask``, or all once ``timer2`` is due)
     order         int64[k]   plan indices to evaluate, dependencies first
     force         bool[k]    per entry of ``order``: evaluate it for every row
     now_ms        int        the evaluation time
@@ -1171,7 +1232,8 @@ def run_segments(plan, state, rows, evmask, trmask, is_new, is_due, order, force
     return _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
                 p.seg_tab, p.dep_list, p.prog, p.consts, p.leaves, p.steps, p.fprog,
                 state.arena, state.width, state.h, state.traits, state.member, state.timer,
-                state.tblock, tblock_shift, now_ms, state.retention_ms, state.max_per)
+                state.timer2, state.tmask, state.tblock, tblock_shift, now_ms, state.retention_ms,
+                state.max_per)
 
 
 def feature_values(plan, state, rows, now_ms, out, parallel=False):
