@@ -40,6 +40,7 @@ from engine.kernels._strings import (
     split_strings_report,
     string_problem,
 )
+from engine._coded import BOOL, NUMBER, STRING, CodedStrings, CodedValues, split_coded
 from engine.limits import DEFAULT_LIMITS, LimitExceeded, Limits, NameBudget, format_bytes
 
 __all__ = [
@@ -289,7 +290,7 @@ def _to_sequence(col):
 
 def _string_column(name: str, col, reasons: _Reasons, max_bytes: int, limit: str) -> StringColumn:
     """A required, non-empty string column (user_id, type) of at most ``max_bytes`` each."""
-    sc, problems = split_strings_report(col)
+    sc, problems = split_coded(col) if isinstance(col, CodedStrings) else split_strings_report(col)
     for i, p in problems:
         reasons.add(i, f"{name} {p}")
     lengths = sc.unique_lengths()
@@ -495,15 +496,23 @@ def _boxed_numbers(a: np.ndarray) -> np.ndarray:
 
 
 class _StringSlots:
-    """Property/trait string values waiting for one shared split: (column, positions, values)."""
+    """Property/trait string values waiting for one shared split: (column, positions, values,
+    and for dictionary-coded values the row codes into ``values``)."""
 
     def __init__(self):
-        self.parts: list[tuple[object, str, np.ndarray, list]] = []
+        self.parts: list[tuple[object, str, np.ndarray, list, np.ndarray | None]] = []
 
     def add(self, key, label: str, positions: np.ndarray, values: list) -> None:
         """Values for column ``boxed[key]`` at ``positions``; ``label`` names it in reasons."""
         if len(values):
-            self.parts.append((key, label, positions, values))
+            self.parts.append((key, label, positions, values, None))
+
+    def add_coded(self, key, label: str, positions: np.ndarray, values: CodedStrings) -> None:
+        """Like ``add``, with the values as distinct strings and a code per position (all
+        codes >= 0): only the distinct strings are split."""
+        if len(values):
+            values = values.compact()
+            self.parts.append((key, label, positions, values.uniques, values.codes))
 
     def resolve(self, boxed: dict[str, np.ndarray], reasons: _Reasons | None, what: str,
                 max_bytes: int | None = None):
@@ -514,7 +523,7 @@ class _StringSlots:
         if not self.parts:
             return StringColumn.empty()
         values = []
-        for *_, vals in self.parts:
+        for _, _, _, vals, _ in self.parts:
             values.extend(vals)
         col, problems = split_strings_report(values)
         if reasons is not None and max_bytes is not None:
@@ -530,12 +539,14 @@ class _StringSlots:
             starts = np.cumsum([0] + [len(part[3]) for part in self.parts])
             for j, p in problems:
                 k = int(np.searchsorted(starts, j, side="right")) - 1
-                _, label, pos, _ = self.parts[k]
-                reasons.add(int(pos[j - starts[k]]), f'{what} "{_short(label)}" {p}')
+                _, label, pos, _, rcodes = self.parts[k]
+                at = [pos[j - starts[k]]] if rcodes is None else pos[rcodes == j - starts[k]]
+                for i in at:
+                    reasons.add(int(i), f'{what} "{_short(label)}" {p}')
         start = 0
-        for key, _, pos, vals in self.parts:
+        for key, _, pos, vals, rcodes in self.parts:
             codes = col.codes[start : start + len(vals)]
-            boxed[key][pos] = box_strings(codes)
+            boxed[key][pos] = box_strings(codes if rcodes is None else codes[rcodes])
             start += len(vals)
         col.codes = np.arange(col.n_unique, dtype=np.int32)
         return col
@@ -543,6 +554,13 @@ class _StringSlots:
 
 def _property_column(key, name: str, col, n: int, reasons: _Reasons, strings: _StringSlots):
     """One property column -> boxed float64[n] (STR slots filled later by ``strings``)."""
+    if isinstance(col, CodedValues):
+        return _coded_property_column(key, name, col, n, strings)
+    if isinstance(col, CodedStrings):
+        given = col.codes >= 0
+        col = CodedValues(np.where(given, STRING, 0).astype(np.uint8), None,
+                          CodedStrings(col.uniques, col.codes[given]))
+        return _coded_property_column(key, name, col, n, strings)
     if isinstance(col, np.ndarray):
         if col.ndim != 1:
             raise ValueError(f'column properties["{name}"] must be 1-D, got shape {col.shape}')
@@ -574,6 +592,22 @@ def _property_column(key, name: str, col, n: int, reasons: _Reasons, strings: _S
     elif kinds == {"bool"}:
         return box_bools(np.asarray(seq, dtype=bool))
     return _mixed_property_column(key, name, seq, n, reasons, strings)
+
+
+def _coded_property_column(key, name: str, col: CodedValues, n: int, strings: _StringSlots):
+    """A property column by kind, as ColumnarEvents carries it: numbers and bools boxed in one
+    numpy pass each, the strings' distinct values split once."""
+    boxed = np.full(n, NULL)
+    m = col.kinds == NUMBER
+    if m.any():
+        boxed[m] = _boxed_numbers(col.numbers[m])
+    m = col.kinds == BOOL
+    if m.any():
+        boxed[m] = box_bools(col.numbers[m] != 0)
+    m = col.kinds == STRING
+    if m.any():
+        strings.add_coded(key, name, np.flatnonzero(m), col.strings)
+    return boxed
 
 
 def _mixed_property_column(key, name: str, seq, n: int, reasons: _Reasons, strings: _StringSlots):

@@ -5,7 +5,9 @@ Shared by the gateway (decode) and ``engine.client`` (encode). Columns are the a
 ``value`` float64, ``properties`` name -> object array of str/float/bool/None.
 
 Numeric arrays of ``ColumnarEvents`` travel as raw little-endian bytes, so neither side loops
-over rows for them; string columns are dictionary-encoded (distinct strings once, int32 codes).
+over rows for them; string columns are dictionary-encoded (distinct strings once, int32 codes)
+and stay so once decoded (``engine._coded``: ``prepare_events`` splits only the distinct
+strings, and no Python object is made per row).
 
 Decoding trusts nothing: arrays that do not fit together (a count that disagrees with a
 column, codes out of range, byte lengths that are not whole values) raise
@@ -24,6 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from engine._coded import CodedStrings, CodedValues, plain
 from engine._pb import pb
 from engine.limits import DEFAULT_LIMITS, LimitExceeded, Limits
 
@@ -33,7 +36,6 @@ _F64 = np.dtype("<f8")
 
 ABSENT, NUMBER, STRING, BOOL = (pb.VALUE_KIND_ABSENT, pb.VALUE_KIND_NUMBER,
                                 pb.VALUE_KIND_STRING, pb.VALUE_KIND_BOOL)
-_BOOLS = np.array([False, True], dtype=object)
 _KINDS = np.array([ABSENT, NUMBER, STRING, BOOL], dtype=np.uint8)
 
 
@@ -163,9 +165,9 @@ def encode_strings(values: Sequence[Any] | np.ndarray, out: "pb.StringColumn") -
     out.codes = codes.tobytes()
 
 
-def decode_strings(col: "pb.StringColumn", n: int, what: str) -> np.ndarray:
-    """-> object array of n str (None where the code is -1). ColumnsError when the codes,
-    offsets and blob do not fit together or the blob is not UTF-8."""
+def decode_strings(col: "pb.StringColumn", n: int, what: str) -> CodedStrings:
+    """-> n strings, dictionary-coded as they came (code -1: None). ColumnsError when the
+    codes, offsets and blob do not fit together or the blob is not UTF-8."""
     codes = _array(col.codes, _I32, f"{what} codes")
     if len(codes) != n:
         raise ColumnsError(f"columns: {what} has {len(codes)} codes for {n} rows")
@@ -188,11 +190,7 @@ def decode_strings(col: "pb.StringColumn", n: int, what: str) -> np.ndarray:
             uniques = [blob[bounds[j]:bounds[j + 1]].decode("utf-8") for j in range(k)]
     except UnicodeDecodeError:
         raise ColumnsError(f"columns: {what} is not valid UTF-8") from None
-    table = np.empty(k + 1, dtype=object)
-    table[:k] = uniques
-    table[k] = None
-    # code -1 indexes the trailing None
-    return table[np.where(codes < 0, k, codes)]
+    return CodedStrings(uniques, codes.astype(np.int32))
 
 
 # ----------------------------------------------------------------------------- event columns
@@ -312,9 +310,9 @@ def decode_columns(msg: "pb.ColumnarEvents", limits: Limits | None = None) -> di
             "timestamp_ms": ts, "value": vals, "properties": props}
 
 
-def decode_property(pc: "pb.PropertyColumn", n: int) -> np.ndarray:
-    """One PropertyColumn -> object array of n str/float/bool/None; ColumnsError when its
-    arrays do not fit together."""
+def decode_property(pc: "pb.PropertyColumn", n: int) -> CodedValues:
+    """One PropertyColumn -> n values by kind (``CodedValues``: no object per row);
+    ColumnsError when its arrays do not fit together."""
     name = _short(pc.name)
     kinds = np.frombuffer(pc.kinds, dtype=np.uint8)
     if len(kinds) != n:
@@ -322,27 +320,21 @@ def decode_property(pc: "pb.PropertyColumn", n: int) -> np.ndarray:
     if n and kinds.max() > _KINDS[-1]:
         raise ColumnsError(f"columns: property {name!r} has an unknown value kind "
                            f"{int(kinds.max())} (0 absent, 1 number, 2 string, 3 bool)")
-    out = np.full(n, None, dtype=object)
-    numeric = (kinds == NUMBER) | (kinds == BOOL)
-    if numeric.any():
+    numbers = None
+    if np.any((kinds == NUMBER) | (kinds == BOOL)):
         if len(pc.numbers) != 8 * n:
             raise ColumnsError(f"columns: property {name!r} has {len(pc.numbers)} bytes of numbers "
                                f"for {n} rows (8 bytes a row)")
         numbers = np.frombuffer(pc.numbers, dtype=_F64)
-        m = kinds == NUMBER
-        if m.any():
-            out[m] = numbers[m].tolist()
-        m = kinds == BOOL
-        if m.any():
-            out[m] = _BOOLS[(numbers[m] != 0).astype(np.int64)]
+    strings = None
     m = kinds == STRING
     if m.any():
-        strings = decode_strings(pc.strings, n, f"property {name!r}")
-        given = strings[m]
-        if np.any(np.equal(given, None)):
+        coded = decode_strings(pc.strings, n, f"property {name!r}")
+        given = coded.codes[m]
+        if np.any(given < 0):
             raise ColumnsError(f"columns: property {name!r} has a string row whose code is -1")
-        out[m] = given
-    return out
+        strings = CodedStrings(coded.uniques, given)
+    return CodedValues(kinds, numbers, strings)
 
 
 def events_to_columns(events: Iterable["pb.Event"], limits: Limits | None = None) -> dict:
@@ -389,12 +381,12 @@ def concat_columns(a: dict, b: dict) -> dict:
     for name in set(a["properties"]) | set(b["properties"]):
         pa = a["properties"].get(name)
         pb_ = b["properties"].get(name)
-        props[name] = np.concatenate([pa if pa is not None else np.full(na, None, dtype=object),
-                                      pb_ if pb_ is not None else np.full(nb, None, dtype=object)])
-    return {"user_id": np.concatenate([np.asarray(a["user_id"], dtype=object),
-                                       np.asarray(b["user_id"], dtype=object)]),
-            "type": np.concatenate([np.asarray(a["type"], dtype=object),
-                                    np.asarray(b["type"], dtype=object)]),
+        props[name] = np.concatenate([plain(pa) if pa is not None else np.full(na, None, dtype=object),
+                                      plain(pb_) if pb_ is not None else np.full(nb, None, dtype=object)])
+    return {"user_id": np.concatenate([np.asarray(plain(a["user_id"]), dtype=object),
+                                       np.asarray(plain(b["user_id"]), dtype=object)]),
+            "type": np.concatenate([np.asarray(plain(a["type"]), dtype=object),
+                                    np.asarray(plain(b["type"]), dtype=object)]),
             "timestamp_ms": np.concatenate([a["timestamp_ms"], b["timestamp_ms"]]),
             "value": np.concatenate([a["value"], b["value"]]),
             "properties": props}
