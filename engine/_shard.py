@@ -5,8 +5,8 @@ It has no clock of its own: every call is given ``now_ms`` by its owner (the emb
 without Ray; the Ray ``ShardActor`` is a thin shell around it.
 
 Per user row: ``known`` flag, event-list headers per type, trait values, membership bits, a
-two-level timer (``timer``/``timer2``/``tmask``: the next possible time-driven change, and
-which segments it may change; see ``kernels._eval._run``) and, per block of 1024 rows, the
+timer in levels (``timer``/``tnext``/``tmask``: the next possible time-driven changes, and
+which segments each may change; see ``kernels._eval._run``) and, per block of 1024 rows, the
 timers' minimum.
 """
 
@@ -107,8 +107,10 @@ class ShardCore(ShardModels, ShardRfm):
         self.traits = grow(g("traits"), (cap, self._ccap), V.NULL, np.float64)
         self.member = grow(g("member"), (cap, self._wcap), 0, np.uint64)
         self.timer = grow(g("timer"), cap, INF_MS, np.int64)
-        self.timer2 = grow(g("timer2"), cap, INF_MS, np.int64)
-        self.tmask = grow(g("tmask"), cap, ALL_SEGMENTS, np.uint64)
+        levels = KE.TIMER_LEVELS - 1
+        self.tnext = grow(g("tnext"), (cap, levels), INF_MS, np.int64)
+        self.tmask = grow(g("tmask"), (cap, levels), 0, np.uint64)
+        self.tmask[n:, 0] = ALL_SEGMENTS
         nb = (cap >> TBLOCK_SHIFT) + 1
         tb = np.full(nb, INF_MS, np.int64)
         if g("tblock") is not None:
@@ -433,8 +435,9 @@ class ShardCore(ShardModels, ShardRfm):
         time-dependent segment: always a valid two-level timer, used where the segments or
         the rows' owners change."""
         sel = slice(None) if rows is None else rows
-        self.tmask[sel] = ALL_SEGMENTS
-        self.timer2[sel] = INF_MS
+        self.tmask[sel, 0] = ALL_SEGMENTS
+        self.tmask[sel, 1:] = 0
+        self.tnext[sel] = INF_MS
 
     def _dependents(self, name: str) -> set[str]:
         out: set[str] = set()
@@ -758,7 +761,7 @@ class ShardCore(ShardModels, ShardRfm):
         is arena address space reserved for growth and never written (not resident)."""
         rows = self._rcap
         per_user_arrays = (self.known.nbytes + self.h.nbytes + self.traits.nbytes + self.member.nbytes + self.timer.nbytes
-                           + self.timer2.nbytes + self.tmask.nbytes + self.tblock.nbytes + self._pos.nbytes)
+                           + self.tnext.nbytes + self.tmask.nbytes + self.tblock.nbytes + self._pos.nbytes)
         # The arena is reserved ahead of need with np.empty: its tail beyond the last block
         # handed out has never been written, so the OS has not backed it with memory.
         events = int(self.astate[0]) * 8

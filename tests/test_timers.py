@@ -1,6 +1,6 @@
-"""Two-level timers (``timer`` / ``timer2`` / ``tmask``, kernels._eval._run): every bound they
-keep is a lower bound of the segment's own next time-driven change, so no flip is ever late,
-and a fired timer evaluates only the segments it names."""
+"""Timer levels (``timer`` / ``tnext`` / ``tmask``, kernels._eval._run): every bound they keep
+is a lower bound of the segment's own next time-driven change, so no flip is ever late, and a
+fired timer evaluates only the segments of the levels that are due."""
 
 from __future__ import annotations
 
@@ -34,14 +34,14 @@ def _exact_next(core, now):
     evaluation of that segment alone with every other bound out of the way; the state is
     put back after each."""
     rows = core._known_rows()
-    saved = {k: getattr(core, k).copy() for k in ("member", "timer", "timer2", "tmask", "tblock")}
+    saved = {k: getattr(core, k).copy() for k in ("member", "timer", "tnext", "tmask", "tblock")}
     out = {}
     p = core.plan
     for s in range(len(p.names)):
         if not p.seg_tab[s, SEG_TIMEDEP]:
             continue
         core.tmask[:] = 0
-        core.timer2[:] = KE.INF_MS
+        core.tnext[:] = KE.INF_MS
         m = len(rows)
         z = np.zeros(m, np.uint64)
         f = np.zeros(m, np.bool_)
@@ -54,20 +54,31 @@ def _exact_next(core, now):
     return rows, out
 
 
+def _bounds(core, rows, bit):
+    """Each row's bound for a segment with this bit: the time of the first level whose mask
+    holds the bit, else of the last level."""
+    times = np.column_stack([core.timer[rows], core.tnext[rows]])
+    masks = core.tmask[rows]
+    level = np.full(len(rows), masks.shape[1])
+    for k in range(masks.shape[1] - 1, -1, -1):
+        level = np.where((masks[:, k] & bit) != 0, k, level)
+    return times[np.arange(len(rows)), level]
+
+
 def _check_bounds(eng):
     core = eng._core
     rows, exact = _exact_next(core, eng.now_ms)
-    t1, t2, mask = core.timer[rows], core.timer2[rows], core.tmask[rows]
-    assert np.all(t1 <= t2)
+    times = np.column_stack([core.timer[rows], core.tnext[rows]])
+    assert np.all(np.diff(times, axis=1) >= 0)         # levels in time order
     p = core.plan
     for s, nxt in exact.items():
         bit = np.uint64(1) << np.uint64(p.seg_tab[s, SEG_SLOT] & 63)
-        bound = np.where((mask & bit) != 0, t1, t2)
+        bound = _bounds(core, rows, bit)
         late = np.flatnonzero(bound > nxt)
         assert not len(late), (p.names[s], rows[late[:5]], bound[late[:5]], nxt[late[:5]])
     blocks = rows >> 10
-    assert np.all(core.tblock[blocks] <= t1)
-    return int(np.sum(mask != np.uint64(0xFFFF_FFFF_FFFF_FFFF)))
+    assert np.all(core.tblock[blocks] <= core.timer[rows])
+    return int(np.sum(core.tmask[rows, 0] != np.uint64(0xFFFF_FFFF_FFFF_FFFF)))
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -101,19 +112,28 @@ def test_every_bound_is_a_lower_bound_of_the_segments_next_change(seed):
     assert narrowed > 0                    # timers named fewer than all segments
 
 
-def test_a_fired_timer_evaluates_only_the_segments_it_names():
+def test_a_fired_timer_evaluates_only_the_segments_of_its_due_levels():
     eng = Engine(clock="event", retention="2d")
     eng.advance_clock(BASE)
     eng.create_segment("short", "count(view, 1h) >= 1")
+    eng.create_segment("mid", "count(open, 5h) >= 1")
     eng.create_segment("long", "count(buy, 10h) >= 1")
-    eng.ingest_columns(user_id=["u", "u"], type=["view", "buy"], timestamp_ms=[BASE, BASE])
+    eng.ingest_columns(user_id=["u"] * 3, type=["view", "open", "buy"], timestamp_ms=[BASE] * 3)
     core = eng._core
     r = int(core._known_rows()[0])
-    short_bit = np.uint64(1) << np.uint64(core.slots["short"] & 63)
+    bit = {n: np.uint64(1) << np.uint64(core.slots[n] & 63) for n in ("short", "mid", "long")}
+    levels = KE.TIMER_LEVELS
+    assert levels >= 2
     assert core.timer[r] == BASE + H                # the view leaves the 1h window
-    assert core.tmask[r] == short_bit               # only "short" may change then
-    assert core.timer2[r] == BASE + 10 * H           # "long" waits for the second bound
-    eng.advance_clock(BASE + 2 * H)
-    assert eng.members("short") == set() and eng.members("long") == {"u"}
-    long_bit = np.uint64(1) << np.uint64(core.slots["long"] & 63)
-    assert core.tmask[r] == long_bit and core.timer2[r] == KE.INF_MS
+    assert core.tmask[r, 0] == bit["short"]          # only "short" may change then
+    if levels >= 3:
+        assert core.tnext[r, 0] == BASE + 5 * H and core.tmask[r, 1] == bit["mid"]
+    assert core.tnext[r, -1] == BASE + 10 * H if levels == 3 else True
+    eng.advance_clock(BASE + 2 * H)                 # "short" leaves; the others wait
+    assert eng.members("short") == set() and eng.members("mid") == eng.members("long") == {"u"}
+    assert core.timer[r] == BASE + 5 * H
+    if levels >= 3:
+        assert core.tmask[r, 0] == bit["mid"] and core.tnext[r, 0] == BASE + 10 * H
+    eng.advance_clock(BASE + 6 * H)
+    assert eng.members("mid") == set() and eng.members("long") == {"u"}
+    assert core.timer[r] == BASE + 10 * H

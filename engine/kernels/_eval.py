@@ -38,6 +38,7 @@ from ._layout import (  # also read as K.* by the compiler and the tests
 from ._store import NO_BLOCK, _upper_bound, h_len, h_off, h_start
 
 INF_MS = np.iinfo(np.int64).max
+TIMER_LEVELS = 3      # timer levels per row (``_run``): 16 bytes a row for each beyond the first
 DAY_MS = 86_400_000
 
 # Helpers that never allocate are compiled with ``_nrt=False``: without it, Numba increments
@@ -859,6 +860,22 @@ def _program(r, now, poff, plen, prog, consts, lv, ls, lnx, traits, member, vst,
     return vst[0], nst[0]
 
 
+@njit(cache=True, _nrt=False, inline="always")
+def _level_of(bit, masks):
+    """The timer level of a segment with this bit: the first mask holding it, else the last."""
+    for k in range(masks.shape[0]):
+        if (masks[k] & bit) != 0:
+            return k
+    return masks.shape[0]
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _level_due(bit, times, masks, now):
+    """Is a segment with this bit due in a row whose timer fired (level 0 is, by firing)?"""
+    k = _level_of(bit, masks)
+    return k == 0 or times[k] <= now
+
+
 @njit(cache=True)
 def _scratch(seg_tab, max_per):
     """Working arrays of one evaluation pass: leaf values, slopes and next changes (as many
@@ -878,7 +895,7 @@ def _scratch(seg_tab, max_per):
 @njit(cache=True)
 def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
          seg_tab, dep_list, prog, consts, leaves, steps, fprog,
-         arena, width, h, traits, member, timer, timer2, tmask, tblock, tblock_shift,
+         arena, width, h, traits, member, timer, tnext, tmask, tblock, tblock_shift,
          now, retention_ms, max_per):
     """Evaluate segments ``order`` (plan indices, dependencies first) for user rows ``rows``.
 
@@ -892,15 +909,17 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
     1=ENTER/2=EXIT). In ``dry`` mode nothing is written and every row where the segment holds
     is returned as ENTER.
 
-    **Two-level timers.** Per row, ``timer`` (T1) and ``timer2`` (T2 >= T1) are lower bounds
-    of the next time-driven change of the row's time-dependent segments: those whose bit
-    (``slot & 63``) is in ``tmask`` may change at T1 at the earliest, every other one at T2.
-    A row whose timer fired (``is_due``) evaluates only the segments of ``tmask`` while
-    ``now < T2``, and all of its time-dependent segments once T2 has passed. After a row is
-    evaluated the three are set anew from what is known of each time-dependent segment: the
-    exact next change of the segments just evaluated, and the old bound of the others; T1 is
-    their minimum, ``tmask`` the segments at T1, T2 the minimum of the rest (bits that alias
-    only make more segments evaluate: never a late timer).
+    **Timer levels.** Per row, ``timer`` (T0) and ``tnext[r]`` (T1 <= T2 ...: ``TIMER_LEVELS``
+    times in all) are lower bounds of the next time-driven change of the row's time-dependent
+    segments, and ``tmask[r, k]`` names (bits ``slot & 63``) the segments of level ``k``: a
+    segment belongs to the first level whose mask holds its bit, or else to the last level,
+    and changes at that level's time at the earliest. A row whose timer fired (``is_due``)
+    evaluates the segments of level 0 and of every other level whose time has come. After a
+    row is evaluated the levels are set anew from what is known of each time-dependent
+    segment (the exact next change of those just evaluated, the old level's time for the
+    others): level 0 is the segments at the earliest of those times, level 1 the segments
+    at the earliest time among the rest, ..., and the last level bounds all that remain.
+    Bits that alias only make more segments evaluate: never a late timer.
     """
     m = rows.shape[0]
     nseg = seg_tab.shape[0]
@@ -928,6 +947,10 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
     seg_nxt = np.empty(nseg, dtype=np.int64)
     evald = np.zeros(nseg, dtype=np.bool_)
     lbs = np.empty(ntd, dtype=np.int64)
+    placed = np.zeros(ntd, dtype=np.bool_)
+    nlev = tnext.shape[1] + 1
+    t_old = np.empty(nlev, dtype=np.int64)
+    m_old = np.empty(nlev - 1, dtype=np.uint64)
     ntypes = h.shape[1]
     ntraits = traits.shape[1]
     nwords = member.shape[1]
@@ -940,8 +963,8 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
                 prefetch(traits, r8 * ntraits)
             prefetch(member, r8 * nwords)
             prefetch(timer, r8)
-            prefetch(timer2, r8)
-            prefetch(tmask, r8)
+            prefetch(tnext, r8 * (nlev - 1))
+            prefetch(tmask, r8 * (nlev - 1))
         if i + 4 < m:
             r4 = rows[i + 4]
             for t in range(ntypes):
@@ -950,16 +973,16 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
                     prefetch(arena, h_off(hd) + h_start(hd) * width[t])
         r = rows[i]
         any_flip = False
-        t1_old = timer[r]
-        t2_old = timer2[r]
-        m_old = tmask[r]
-        due_all = is_due[i] and t2_old <= now
+        t_old[0] = timer[r]
+        for k in range(nlev - 1):
+            t_old[k + 1] = tnext[r, k]
+            m_old[k] = tmask[r, k]
         for oi in range(order.shape[0]):
             s = order[oi]
             timedep = seg_tab[s, SEG_TIMEDEP] != 0
             need = force[oi] or is_new[i] or (evmask[i] & np.uint64(seg_tab[s, SEG_EVMASK])) != 0 \
                 or (trmask[i] & np.uint64(seg_tab[s, SEG_TRMASK])) != 0 \
-                or (is_due[i] and timedep and (due_all or (m_old & sbit[s]) != 0))
+                or (is_due[i] and timedep and _level_due(sbit[s], t_old, m_old, now))
             if not need and any_flip:
                 for d in range(seg_tab[s, SEG_DOFF], seg_tab[s, SEG_DOFF] + seg_tab[s, SEG_DLEN]):
                     if flipped[dep_list[d]]:
@@ -1014,31 +1037,36 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
             n_out += 1
         if dry:
             continue
-        # the row's two-level timer anew (see the docstring)
-        t1 = INF_MS
+        # the row's timer levels anew (see the docstring)
         for k in range(ntd):
             s = td[k]
             if evald[s]:
-                lb = seg_nxt[s]
+                lbs[k] = seg_nxt[s]
                 evald[s] = False
-            elif (m_old & sbit[s]) != 0:
-                lb = t1_old
             else:
-                lb = t2_old
-            lbs[k] = lb
-            if lb < t1:
-                t1 = lb
-        m1 = np.uint64(0)
-        for k in range(ntd):
-            if lbs[k] == t1:
-                m1 |= sbit[td[k]]
-        t2 = INF_MS
-        for k in range(ntd):
-            if (m1 & sbit[td[k]]) == 0 and lbs[k] < t2:
-                t2 = lbs[k]
-        timer[r] = t1
-        timer2[r] = t2
-        tmask[r] = m1
+                lbs[k] = t_old[_level_of(sbit[s], m_old)]
+            placed[k] = False
+        t1 = INF_MS
+        for lev in range(nlev):
+            tl = INF_MS
+            for k in range(ntd):
+                if not placed[k] and lbs[k] < tl:
+                    tl = lbs[k]
+            if lev == 0:
+                t1 = tl
+                timer[r] = tl
+            else:
+                tnext[r, lev - 1] = tl
+            if lev == nlev - 1:
+                break
+            lmask = np.uint64(0)
+            for k in range(ntd):
+                if not placed[k] and lbs[k] == tl:
+                    lmask |= sbit[td[k]]
+            for k in range(ntd):                 # a bit in this mask places its segments here
+                if (lmask & sbit[td[k]]) != 0:
+                    placed[k] = True
+            tmask[r, lev] = lmask
         b = r >> tblock_shift
         if t1 < tblock[b]:
             tblock[b] = t1
@@ -1211,15 +1239,15 @@ def _touched(rows_ev, tids, trows, tmask, due, is_known, pos):
 def run_segments(plan, state, rows, evmask, trmask, is_new, is_due, order, force, now_ms,
                  tblock_shift, dry=False):
     """Evaluate segments for some users (``_run``); updates ``state.member`` and, unless
-    ``dry``, the users' two-level timers (``state.timer``, ``state.timer2``, ``state.tmask``;
-    see ``_run``) and ``state.tblock``.
+    ``dry``, the users' timer levels (``state.timer``, ``state.tnext``, ``state.tmask``; see
+    ``_run``) and ``state.tblock``.
 
     rows          int64[m]   user rows, unique
     evmask        uint64[m]  per row: bits (``type_id & 63``) of the event types just appended
     trmask        uint64[m]  per row: bits (``trait_col & 63``) of the traits just set
     is_new        bool[m]    per row: first evaluation (every segment is evaluated)
     is_due        bool[m]    per row: its timer fired (the time-dependent segments its timer
-                             names are evaluated: ``tmask``, or all once ``timer2`` is due)
+                             names are evaluated: level 0 and the levels now due)
     order         int64[k]   plan indices to evaluate, dependencies first
     force         bool[k]    per entry of ``order``: evaluate it for every row
     now_ms        int        the evaluation time
@@ -1232,7 +1260,7 @@ def run_segments(plan, state, rows, evmask, trmask, is_new, is_due, order, force
     return _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
                 p.seg_tab, p.dep_list, p.prog, p.consts, p.leaves, p.steps, p.fprog,
                 state.arena, state.width, state.h, state.traits, state.member, state.timer,
-                state.timer2, state.tmask, state.tblock, tblock_shift, now_ms, state.retention_ms,
+                state.tnext, state.tmask, state.tblock, tblock_shift, now_ms, state.retention_ms,
                 state.max_per)
 
 
