@@ -173,3 +173,43 @@ def test_a_page_encoded_from_the_columns_equals_one_made_of_deltas():
         page = Page(log, log.read_parts(after, segs, 4096), ())
         want = pb.DeltaPage(deltas=[delta_pb(d) for d in log.read(after, segs)]).SerializeToString()
         assert _encode_page(page) == want and len(page) == len(log.read(after, segs))
+
+
+def test_shard_stats_are_exact_when_idle_and_at_most_max_age_old_while_busy():
+    import asyncio
+
+    from engine.server._stats_cache import ShardStatsCache
+
+    async def main():
+        asks = []
+        gate = asyncio.Event()
+        gate.set()
+
+        async def ask():
+            asks.append(len(asks))
+            await gate.wait()
+            return [{"n": len(asks)}]
+
+        busy = [False]
+        cache = ShardStatsCache(ask, lambda: busy[0], max_age_s=0.2)
+        assert (await cache.get())[0] == [{"n": 1}]
+        assert (await cache.get())[0] == [{"n": 1}] and len(asks) == 1   # nothing changed: exact
+        cache.changed()
+        assert (await cache.get())[0] == [{"n": 2}]                       # idle: asked again
+        busy[0] = True
+        cache.changed()
+        gate.clear()                                                       # the shards are busy
+        value, age = await asyncio.wait_for(cache.get(), 0.05)             # answered at once
+        assert value == [{"n": 2}] and 0 <= age < 0.2
+        await asyncio.sleep(0.12)                                          # past half the age:
+        value, _ = await asyncio.wait_for(cache.get(), 0.05)               # a refresh starts
+        assert value == [{"n": 2}] and len(asks) == 3
+        await asyncio.sleep(0.1)                                           # too old: must wait
+        waiting = asyncio.ensure_future(cache.get())
+        await asyncio.sleep(0.02)
+        assert not waiting.done()
+        gate.set()
+        value, age = await asyncio.wait_for(waiting, 1)
+        assert value == [{"n": 3}] and age == 0.0
+
+    asyncio.run(main())

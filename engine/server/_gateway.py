@@ -95,6 +95,10 @@ class Gateway:
         self.events_accepted = 0
         self.events_rejected = 0
         self.rate = RateMeter()
+        from engine.server._stats_cache import ShardStatsCache
+
+        self.shard_stats = ShardStatsCache(lambda: self.shards.each("read", "host_stats"),
+                                           lambda: bool(self.rounds.pending_ops() or self.applier.in_flight))
         self.ingest_latency = LatencyWindow()
         self.round_latency = LatencyWindow()     # a round: sent to the shards -> published
         self.delta_latency = LatencyWindow()     # an ingest op received -> its deltas published
@@ -217,11 +221,13 @@ class Gateway:
         return await _recovery.recover_shard(self, i, pending)
 
     def note_shard(self, i: int, next_due: int, users: int) -> None:
+        self.shard_stats.changed()
         self.models.note_users(users)
         if i < len(self._next_due_ms):
             self._next_due_ms[i] = next_due
 
     def timers_unknown(self) -> None:
+        self.shard_stats.forget()       # after a barrier: shards may be new or changed
         self._next_due_ms = [-1] * len(self.shards)
 
     def segment_rank(self) -> dict[str, int]:
@@ -424,7 +430,7 @@ class Gateway:
 
     async def stats(self, gateway_only: bool = False) -> dict:
         shards = list(self.shards)
-        per = [] if gateway_only else await self.shards.each("read", "host_stats")
+        per = [] if gateway_only else (await self.shard_stats.get())[0]
         slots = np.bincount(self.router.slot_map, minlength=len(shards))
         shard_stats = []
         for i, st in enumerate(per):
