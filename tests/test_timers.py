@@ -42,6 +42,7 @@ def _exact_next(core, now):
             continue
         core.tmask[:] = 0
         core.tnext[:] = KE.INF_MS
+        core.timer[:] = KE.INF_MS
         m = len(rows)
         z = np.zeros(m, np.uint64)
         f = np.zeros(m, np.bool_)

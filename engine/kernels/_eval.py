@@ -918,7 +918,9 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
     row is evaluated the levels are set anew from what is known of each time-dependent
     segment (the exact next change of those just evaluated, the old level's time for the
     others): level 0 is the segments at the earliest of those times, level 1 the segments
-    at the earliest time among the rest, ..., and the last level bounds all that remain.
+    at the earliest time among the rest, ..., and the last level bounds all that remain. A
+    row whose timer did not fire keeps its levels when none of the segments it evaluated
+    changes sooner than its level's time (still lower bounds; that costs nothing per row).
     Bits that alias only make more segments evaluate: never a late timer.
     """
     m = rows.shape[0]
@@ -948,6 +950,7 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
     evald = np.zeros(nseg, dtype=np.bool_)
     lbs = np.empty(ntd, dtype=np.int64)
     placed = np.zeros(ntd, dtype=np.bool_)
+    ran = np.empty(nseg, dtype=np.int64)       # the time-dependent segments a row evaluated
     nlev = tnext.shape[1] + 1
     t_old = np.empty(nlev, dtype=np.int64)
     m_old = np.empty(nlev - 1, dtype=np.uint64)
@@ -973,6 +976,7 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
                     prefetch(arena, h_off(hd) + h_start(hd) * width[t])
         r = rows[i]
         any_flip = False
+        nran = 0
         t_old[0] = timer[r]
         for k in range(nlev - 1):
             t_old[k + 1] = tnext[r, k]
@@ -1006,6 +1010,8 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
                 if timedep:
                     seg_nxt[s] = nxt
                     evald[s] = True
+                    ran[nran] = s
+                    nran += 1
                 slot = seg_tab[s, SEG_SLOT]
                 word = slot >> 6
                 bit = np.uint64(slot & 63)
@@ -1037,6 +1043,20 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
             n_out += 1
         if dry:
             continue
+        if nran == 0 and not is_due[i]:
+            continue                              # nothing new is known of its timers
+        if not is_due[i]:
+            # the levels still hold when no segment just evaluated changes sooner than the
+            # bound of its level: keep them (a firing sets them anew anyway)
+            keep = True
+            for q in range(nran):
+                s = ran[q]
+                if seg_nxt[s] < t_old[_level_of(sbit[s], m_old)]:
+                    keep = False
+            if keep:
+                for q in range(nran):
+                    evald[ran[q]] = False
+                continue
         # the row's timer levels anew (see the docstring)
         for k in range(ntd):
             s = td[k]
