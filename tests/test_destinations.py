@@ -364,7 +364,6 @@ def test_webhooks_at_least_once_through_failures_and_restarts(tmp_path):
             assert cursor_before < pending_last
         assert srv.stop() == 0, srv.stderr_tail()
         docs_before = len(a.acked)
-        a.restart()
         srv = ServerProcess(workdir, *args)
         env = {"RTSEG_TARGET": srv.target}
         with _client(srv.target) as c:
@@ -372,6 +371,7 @@ def test_webhooks_at_least_once_through_failures_and_restarts(tmp_path):
             got = {d.name: d for d in c.list_destinations()}
             assert set(got) == {"a", "b"} and got["a"].url == a.url
             assert got["a"].cursor == cursor_before         # saved at the graceful stop
+            a.restart()                                     # (only now: it must not move first)
             wait_until(lambda: _dest(c, "a").cursor == pending_last, 60, 0.05)
             check_delivered(a, c.deltas(segments=["viewers", "buyers"]), "a")
             resumed = [d["sequence"] for doc in a.acked[docs_before:] for d in doc["deltas"]]
