@@ -485,3 +485,22 @@ def test_engine_and_reference_agree_on_random_rfm_scripts(rfm_scripts):
         ref = ReferenceEngine(retention="400d")
         _run_against_reference(eng, ref, ops, lambda e: e.rfm_boundaries())
     run()
+
+
+def test_an_on_demand_recompute_without_sources_starts_the_next_interval():
+    """RecomputeRfm before any segment reads a source still starts the next interval, as in the
+    reference: the next scheduled computation then comes 60 s after it, not after the one
+    before (found by the random scripts above)."""
+    from tests.reference import ReferenceEngine
+
+    t = 1_700_000_000_000
+
+    def ev(ts, typ="buy"):
+        return {"user_id": "u0", "type": typ, "timestamp_ms": ts}
+
+    ops = ([("ingest", [ev(t)] * 3), ("advance", t + 1), ("recompute", None), ("advance", t + 60_000),
+            ("create", "rfm_r(buy) >= 1"), ("ingest", [ev(t + 60_000)]), ("create", "rfm_r(view) >= 1"),
+            ("ingest", [ev(t + 60_001, "view")])])
+    eng = Engine(retention="400d")
+    _run_against_reference(eng, ReferenceEngine(retention="400d"), ops, lambda e: e.rfm_boundaries())
+    assert eng.members("s2") == {"u0"}

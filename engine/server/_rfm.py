@@ -40,6 +40,8 @@ class RfmService:
     async def compute(self, now: int, nodes: dict, scheduled: bool) -> int:
         """Gather, compute and apply the boundaries of ``nodes`` at ``now`` -> deltas."""
         if not nodes:
+            if scheduled:                # no source in use: the next interval starts all the same
+                self.state.last_ms = int(now)
             return 0
         gw = self.gw
         parts = await gw.shards.each("rfm_values", nodes, now)
