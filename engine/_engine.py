@@ -201,7 +201,7 @@ class Engine:
         nodes = self._rfm_nodes() if nodes is None else nodes
         if not nodes:
             if scheduled:                # no source in use: the next interval starts all the same
-                self._rfm.last_ms = int(now)
+                self._rfm.start_interval(now)
             return 0
         metrics = self._core.rfm_values(nodes, now)
         payload = _rfm.bounds_payload({k: [m] for k, m in metrics.items()}, scheduled)

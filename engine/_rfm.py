@@ -164,7 +164,12 @@ class RfmState:
             self.population[key] = int(payload.get("population", {}).get(key, 0))
             self.computed_ms[key] = int(now_ms)
         if payload.get("scheduled", True):
-            self.last_ms = int(now_ms)
+            self.start_interval(now_ms)
+
+    def start_interval(self, now_ms: int) -> None:
+        """A scheduled computation happened at ``now_ms`` (or would have, had a segment read a
+        source): the next one is due an interval later."""
+        self.last_ms = int(now_ms)
 
     def due(self, now_ms: int, interval_ms: int, keys) -> bool:
         """A scheduled computation is due at ``now_ms``. The schedule ticks every interval
@@ -176,7 +181,7 @@ class RfmState:
             return False
         if keys() if callable(keys) else keys:
             return True
-        self.last_ms = int(now_ms)
+        self.start_interval(now_ms)
         return False
 
     def missing(self, keys) -> list[str]:

@@ -41,7 +41,7 @@ class RfmService:
         """Gather, compute and apply the boundaries of ``nodes`` at ``now`` -> deltas."""
         if not nodes:
             if scheduled:                # no source in use: the next interval starts all the same
-                self.state.last_ms = int(now)
+                self.state.start_interval(now)
             return 0
         gw = self.gw
         parts = await gw.shards.each("rfm_values", nodes, now)
