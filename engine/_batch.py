@@ -556,11 +556,6 @@ def _property_column(key, name: str, col, n: int, reasons: _Reasons, strings: _S
     """One property column -> boxed float64[n] (STR slots filled later by ``strings``)."""
     if isinstance(col, CodedValues):
         return _coded_property_column(key, name, col, n, strings)
-    if isinstance(col, CodedStrings):
-        given = col.codes >= 0
-        col = CodedValues(np.where(given, STRING, 0).astype(np.uint8), None,
-                          CodedStrings(col.uniques, col.codes[given]))
-        return _coded_property_column(key, name, col, n, strings)
     if isinstance(col, np.ndarray):
         if col.ndim != 1:
             raise ValueError(f'column properties["{name}"] must be 1-D, got shape {col.shape}')

@@ -938,16 +938,17 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
         if seg_tab[s, SEG_TIMEDEP] != 0:
             ntd += 1
     td = np.empty(ntd, dtype=np.int64)
+    tdi = np.full(nseg, -1, dtype=np.int64)    # plan index -> position in td
     k = 0
     for s in range(nseg):
         if seg_tab[s, SEG_TIMEDEP] != 0:
             td[k] = s
+            tdi[s] = k
             k += 1
     sbit = np.empty(nseg, dtype=np.uint64)
     for s in range(nseg):
         sbit[s] = np.uint64(1) << np.uint64(seg_tab[s, SEG_SLOT] & 63)
     seg_nxt = np.empty(nseg, dtype=np.int64)
-    evald = np.zeros(nseg, dtype=np.bool_)
     lbs = np.empty(ntd, dtype=np.int64)
     placed = np.zeros(ntd, dtype=np.bool_)
     ran = np.empty(nseg, dtype=np.int64)       # the time-dependent segments a row evaluated
@@ -1009,7 +1010,6 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
             else:
                 if timedep:
                     seg_nxt[s] = nxt
-                    evald[s] = True
                     ran[nran] = s
                     nran += 1
                 slot = seg_tab[s, SEG_SLOT]
@@ -1054,18 +1054,13 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
                 if seg_nxt[s] < t_old[_level_of(sbit[s], m_old)]:
                     keep = False
             if keep:
-                for q in range(nran):
-                    evald[ran[q]] = False
                 continue
         # the row's timer levels anew (see the docstring)
         for k in range(ntd):
-            s = td[k]
-            if evald[s]:
-                lbs[k] = seg_nxt[s]
-                evald[s] = False
-            else:
-                lbs[k] = t_old[_level_of(sbit[s], m_old)]
+            lbs[k] = t_old[_level_of(sbit[td[k]], m_old)]
             placed[k] = False
+        for q in range(nran):
+            lbs[tdi[ran[q]]] = seg_nxt[ran[q]]
         t1 = INF_MS
         for lev in range(nlev):
             tl = INF_MS
