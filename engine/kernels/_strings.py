@@ -208,7 +208,7 @@ def _intern(arena, offsets, hashes, slots, n, used, cblob, coffsets, chashes, st
     The table is large (a shard's users) and the uniques arrive in random order, so each
     probe would wait on memory: the slot of unique ``k + 8``, the offset of the code found in
     the slot of ``k + 4`` and the bytes of the one of ``k + 2`` are prefetched (interning a
-    batch's user ids: ~30 % less time, measured).
+    batch's user ids, measured: ~30 % less time at 100k users, ~2.6x less at 1M).
     """
     mask = slots.size - 1
     max_n = slots.size // 2
