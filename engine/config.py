@@ -136,6 +136,10 @@ OPTIONS: tuple[_Option, ...] = (
             "micro-batch: flush a shard's batch at this many events", "N"),
     _Option("flush_interval_us", "--flush-interval-us", _positive_int, 300,
             "micro-batch: flush at the latest this long after the first waiting event", "US"),
+    _Option("rounds_over_ray", "--rounds-over-ray", _bool, False,
+            "send the micro-batch rounds to the shards as ordinary Ray actor calls, not over a "
+            "direct channel to each shard (slower; for networks that refuse connections between "
+            "nodes other than Ray's)"),
     _Option("tick_interval_ms", "--tick-interval-ms", _positive_int, 10,
             "wall clock: how often due timers are fired", "MS"),
     _Option("delta_log_size", "--delta-log-size", _positive_int, 1_000_000,
@@ -236,6 +240,7 @@ class ServerConfig:
     no_console: bool = False
     flush_events: int = 65536
     flush_interval_us: int = 300
+    rounds_over_ray: bool = False
     tick_interval_ms: int = 10
     delta_log_size: int = 1_000_000
     object_store_mb: int = 256

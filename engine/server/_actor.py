@@ -31,6 +31,19 @@ class ShardHost:
         self.events_applied = 0
         self._apply_ms: list[float] = []
         self.gate = ReadGate()
+        self._channel = None
+
+    def open_channel(self, key: bytes, gateway_ip: str) -> tuple[str, int]:
+        """Listen for the gateway's channel for rounds (``engine/server/_channel.py``) -> the
+        address to connect to: loopback when the gateway is on this node."""
+        from engine.server._channel import ChannelServer
+
+        if self._channel is not None:
+            self._channel.close()
+        here = node_ip()
+        host = "127.0.0.1" if here in ("", gateway_ip) else here
+        self._channel = ChannelServer(self.run, key, host)
+        return self._channel.address
 
     def reset(self, core_kwargs: dict[str, Any]) -> None:
         """Start again with an empty core (the gateway's Reset, for tests)."""
@@ -227,7 +240,17 @@ class ShardHost:
 READS = frozenset({"user_view", "host_stats", "segment_sizes"})
 READS_GROUP = "reads"
 # Methods that take the gate for their own steps (``run``) or touch no shard state.
-_UNLOCKED = frozenset({"run", "read", "ready", "snapshot_written"})
+_UNLOCKED = frozenset({"run", "read", "ready", "snapshot_written", "open_channel"})
+
+
+def node_ip() -> str:
+    """This process's node address in its Ray cluster ("" without Ray)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return ""
+    import ray.util
+
+    return ray.util.get_node_ip_address()
 
 
 def _locked(cls):

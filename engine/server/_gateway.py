@@ -203,6 +203,8 @@ class Gateway:
                 opts["scheduling_strategy"] = "SPREAD"   # shards on every node of a cluster
             client = RayShard(index, shard_actor_class().options(**opts).remote(index, self.core_kwargs()))
         info = await client.ready()
+        if getattr(client, "is_ray", False) and not self.config.rounds_over_ray:
+            await client.open_channel()
         return client, info
 
     def set_health(self, serving: bool) -> None:
