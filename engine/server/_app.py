@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from engine._pb import pb
 from engine.config import ServerConfig
+from engine.server._actor import freeze_startup_objects
 from engine.server._auth import BearerTokenInterceptor
 from engine.server._gateway import Gateway
 from engine.server._servicer import SegmentEngineServicer, add_to_server
@@ -108,6 +109,7 @@ async def run_server(config: ServerConfig, *, on_ready: Callable[[int], None] | 
         for name in (SERVICE_NAME, ""):
             asyncio.ensure_future(health_servicer.set(name, status))
     gateway.health_hook = set_health
+    freeze_startup_objects()
     print(f"{READY_LINE} {config.host}:{port} (shards={config.shard_count}, clock={config.clock}"
           f"{', tls' if config.tls_cert else ''}{', token' if config.token else ''})",
           flush=True)

@@ -198,8 +198,12 @@ class ChannelClient:
             fut.set_exception(self._lost)
             return fut
         data = _dumps(payload)
-        self._writer.write(_LENGTH.pack(len(data)))
-        self._writer.write(data)            # buffered by the transport: never blocks the loop
+        # buffered by the transport: never blocks the loop; a small message in one segment
+        if len(data) < 65536:
+            self._writer.write(_LENGTH.pack(len(data)) + data)
+        else:
+            self._writer.write(_LENGTH.pack(len(data)))
+            self._writer.write(data)
         self._waiting.append(fut)
         return fut
 
