@@ -142,6 +142,14 @@ class Client:
         from engine._batch import Rejection, events_from_dicts
 
         events = list(events)
+        cols = _plain_columns(events)
+        if cols is not None:            # every event plain: the columnar wire format
+            try:
+                msg = codec.encode_columns(*cols)
+            except (TypeError, ValueError, OverflowError):
+                pass
+            else:
+                return self._result(self._call("Ingest", pb.EventBatch(columns=msg, batch_id=batch_id)))
         batch = pb.EventBatch(batch_id=batch_id)
         sent: list[int] = []
         local: list = []
@@ -532,6 +540,68 @@ class Subscription:
         self._closed.set()
         if self._call is not None:
             self._call.cancel()
+
+
+_PLAIN_VALUES = (str, bool, int, float)
+
+
+def _plain_columns(events: list):
+    """Event dicts of plain values -> (user_id, type, timestamp_ms, value, properties) for
+    ``codec.encode_columns``, or None when any event needs the per-event path's checks
+    (another mapping type, unknown keys, numpy or odd values, NaN, NUL characters).
+
+    For such events the two wire forms reach the same validation with the same values:
+    columns only spare the per-event messages (~2 us an event in this process and ~1.6 us in
+    the gateway's decoding)."""
+    n = len(events)
+    users: list = [None] * n
+    types: list = [None] * n
+    ts = [0] * n
+    values = [0.0] * n
+    props: dict[str, list] = {}
+    from engine._batch import EVENT_FIELDS
+
+    fields = frozenset(EVENT_FIELDS)
+    for i, ev in enumerate(events):
+        if type(ev) is not dict or not fields.issuperset(ev):
+            return None
+        u, t = ev.get("user_id"), ev.get("type")
+        if type(u) is not str or type(t) is not str or "\0" in u or "\0" in t:
+            return None
+        users[i], types[i] = u, t
+        stamp = ev.get("timestamp_ms")
+        if stamp is not None:
+            if type(stamp) is not int:
+                return None
+            ts[i] = stamp
+        v = ev.get("value")
+        if v is not None:
+            if type(v) is float:
+                if v != v:
+                    return None
+            elif type(v) is not int:
+                return None
+            values[i] = v
+        p = ev.get("properties")
+        if p:
+            if type(p) is not dict:
+                return None
+            for name, x in p.items():
+                if type(name) is not str or "\0" in name:
+                    return None
+                if x is None:
+                    continue
+                kind = type(x)
+                if kind not in _PLAIN_VALUES or (kind is float and x != x) or (kind is str and "\0" in x):
+                    return None
+                col = props.get(name)
+                if col is None:
+                    col = props[name] = [None] * n
+                col[i] = x
+    try:
+        return users, types, np.asarray(ts, dtype=np.int64), np.asarray(values, dtype=np.float64), props
+    except OverflowError:
+        return None
 
 
 def _event_to_pb(ev, msg: "pb.Event") -> None:

@@ -445,3 +445,67 @@ def test_wall_clock_rescore_in_slices_reaches_every_user():
             assert not stale, f"{len(stale)} users never re-scored"
     finally:
         srv.stop()
+
+
+def _mixed_events(rng, n, t0):
+    """Event dicts as users send them: absent and None fields, mixed property types, and
+    events the engine rejects (bad ids, reserved or long names, old or future stamps)."""
+    out = []
+    for i in range(n):
+        ev = {"user_id": f"u{rng.randrange(30)}", "type": rng.choice(["view", "buy", "open"]),
+              "timestamp_ms": t0 + rng.randrange(0, 3_600_000)}
+        r = rng.random()
+        if r < 0.3:
+            ev["value"] = rng.choice([1, 2.5, 0, None, 10**3])
+        if r < 0.6:
+            ev["properties"] = {"sku": rng.choice(["a", "b", 7, True, None, 3.25]),
+                                "n": rng.choice([1, 2, None])}
+        bad = rng.random()
+        if bad < 0.04:
+            ev["user_id"] = ""
+        elif bad < 0.06:
+            ev["properties"] = {"value": 1}
+        elif bad < 0.08:
+            ev["type"] = "x" * 300
+        elif bad < 0.10:
+            ev["timestamp_ms"] = t0 - 40 * 86_400_000
+        elif bad < 0.12:
+            del ev["timestamp_ms"]                     # required with the event clock
+        out.append(ev)
+    return out
+
+
+def test_plain_event_dicts_go_as_columns_with_the_same_results_as_event_messages(client, monkeypatch):
+    """``Client.ingest`` sends plain dicts in the columnar form: the accepted events, every
+    rejection (index and reason), the deltas and the members are those of the per-event
+    messages; anything but plain values takes the per-event path."""
+    import random
+
+    import engine.client as C
+
+    real = C._plain_columns
+    batches = [_mixed_events(random.Random(k), 60, T0 + k * 3_600_000) for k in range(8)]
+
+    def run(force_rows: bool):
+        client.reset()
+        client.advance_clock(T0)
+        client.create_segment("viewers", "count(view, 2h) >= 2")
+        client.create_segment("sku_a", 'count(view where sku == "a", 1d) >= 1 or count(buy where n >= 2, 1d) >= 1')
+        used = []
+        monkeypatch.setattr(C, "_plain_columns",
+                            (lambda evs: used.append(False)) if force_rows
+                            else (lambda evs: used.append(real(evs) is not None) or real(evs)))
+        results = [client.ingest(b) for b in batches]
+        return results, client.deltas(), client.members("viewers"), client.members("sku_a"), used
+
+    cols, rows = run(False), run(True)
+    assert all(cols[4]) and not any(rows[4])           # the paths compared are the two paths
+    for a, b in zip(cols[0], rows[0]):
+        assert (a.accepted, a.rejected) == (b.accepted, b.rejected)
+        assert [(r.index, r.reason) for r in a.rejections] == [(r.index, r.reason) for r in b.rejections]
+    assert sum(r.rejected for r in cols[0]) > 0 and sum(r.accepted for r in cols[0]) > 0
+    assert cols[1:4] == rows[1:4]
+    assert real([{"user_id": "u", "type": "v", "value": np.float64(1.0)}]) is None
+    assert real([{"user_id": "u", "type": "v", "value": float("nan")}]) is None
+    assert real([{"user_id": "u\0", "type": "v"}]) is None
+    assert real([{"user_id": "u", "type": "v", "timestamp_ms": 2**70}]) is None

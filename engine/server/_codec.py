@@ -351,18 +351,32 @@ def events_to_columns(events: Iterable["pb.Event"], limits: Limits | None = None
     _check_batch(n, 0, limits)
     max_columns = limits.max_batch_cells // max(n, 1)
     keep = limits.max_properties_per_event + 1
-    props: dict[str, np.ndarray] = {}
+    # per property: the rows that set it and their values, put in columns at the end (a
+    # map's keys and item lookups are ~2x faster than its items() with upb, and one object
+    # array per property is filled with one assignment)
+    found: dict[str, tuple[list[int], list]] = {}
     for i, ev in enumerate(events):
-        items = ev.properties.items()
-        if len(ev.properties) > keep:
-            items = itertools.islice(items, keep)
-        for name, v in items:
-            col = props.get(name)
-            if col is None:
-                if len(props) >= max_columns:
-                    _check_batch(n, len(props) + 1, limits)
-                col = props[name] = np.full(n, None, dtype=object)
-            col[i] = value_from_pb(v)
+        p = ev.properties
+        if not p:
+            continue
+        for name in (p if len(p) <= keep else itertools.islice(p, keep)):
+            v = p[name]
+            got = found.get(name)
+            if got is None:
+                if len(found) >= max_columns:
+                    _check_batch(n, len(found) + 1, limits)
+                got = found[name] = ([], [])
+            kind = v.WhichOneof("kind")
+            if kind is not None:
+                got[0].append(i)
+                got[1].append(getattr(v, kind))
+    props: dict[str, np.ndarray] = {}
+    for name, (rows, values) in found.items():
+        col = props[name] = np.full(n, None, dtype=object)
+        if rows:
+            boxed = np.empty(len(values), dtype=object)
+            boxed[:] = values
+            col[rows] = boxed
     return {"user_id": [ev.user_id for ev in events],
             "type": [ev.type for ev in events],
             "timestamp_ms": np.fromiter((ev.timestamp_ms for ev in events), np.int64, n),
