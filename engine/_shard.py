@@ -53,6 +53,21 @@ def canonical_order(seg_rank: np.ndarray, rows: np.ndarray, users: StringTable) 
     return order
 
 
+_NO_FLIPS = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0, np.int8))
+
+
+def _user_parts(codes: np.ndarray, part_events: int) -> list[np.ndarray]:
+    """A batch's events (``codes``: each event's user, as codes of its user column) -> index
+    arrays of parts of about ``part_events`` events, each user's events all in one part (in
+    their order)."""
+    counts = np.bincount(codes)
+    part_of_user = (np.cumsum(counts) - counts) // max(part_events, 1)
+    part = part_of_user[codes]
+    order = np.argsort(part, kind="stable")
+    bounds = np.flatnonzero(np.diff(part[order])) + 1
+    return np.split(order, bounds)
+
+
 class ShardCore(ShardModels, ShardRfm):
     """One shard's users: events, traits, segment membership and timers."""
 
@@ -196,9 +211,58 @@ class ShardCore(ShardModels, ShardRfm):
 
     def apply_events(self, cols: EventColumns, now_ms: int) -> DeltaBatch:
         """Store a validated batch and re-evaluate what it touched, at ``now_ms``."""
-        n = len(cols)
-        if n == 0:
+        if len(cols) == 0:
             return self.advance(now_ms)
+        rows, tids = self._store_events(cols, now_ms)
+        # scores first, so that score() segments move in the same evaluation as the event
+        srows, smask = self._score_after_events(rows, tids, now_ms)
+        delta = self._evaluate(rows, tids, srows, smask, now_ms, CAUSE_EVENT)
+        self._maybe_compact(now_ms)
+        return delta
+
+    def apply_events_in_parts(self, cols: EventColumns, now_ms: int, part_events: int):
+        """``apply_events(cols, now_ms)`` in parts of about ``part_events`` events whose users
+        are disjoint: a generator that applies one part per ``next()`` and returns the step's
+        DeltaBatch (``StopIteration.value``), so that the caller can let reads in between two
+        parts (``server/_actor.py``).
+
+        The result and the state are exactly ``apply_events``': every user is evaluated once,
+        in the part that holds all of its events, with its timer if that is due (the due
+        timers are taken once, before the first part; those of users without events go with
+        the last part), and the retention sweep runs after the last part. A read between two
+        parts sees each user either as before the step or as after it."""
+        n = len(cols)
+        if n <= part_events or not len(self.plan.names):
+            return ShardCore.apply_events(self, cols, now_ms)
+        parts = _user_parts(cols.user.codes, part_events)
+        if len(parts) == 1:
+            return ShardCore.apply_events(self, cols, now_ms)
+        due = KE.collect_due(self, TBLOCK_SHIFT, now_ms)
+        left = np.ones(len(due), np.bool_)
+        flips = []
+        for k, sel in enumerate(parts):
+            part = cols.take(sel)
+            rows, tids = self._store_events(part, now_ms)
+            srows, smask = self._score_after_events(rows, tids, now_ms)
+            if k == len(parts) - 1:
+                due_k = due[left]
+            else:
+                mine = left & np.isin(due, rows)
+                due_k = due[mine]
+                left &= ~mine
+            flips.append(self._evaluate(rows, tids, srows, smask, now_ms, CAUSE_EVENT, due=due_k,
+                                        flips_only=True))
+            if k < len(parts) - 1:
+                yield
+        self._maybe_compact(now_ms)
+        rows, plan_idx, kinds, causes = (np.concatenate([f[j] for f in flips]) for j in range(4))
+        if not len(rows):
+            return DeltaBatch()
+        return self._deltas(rows, plan_idx, kinds, causes, now_ms)
+
+    def _store_events(self, cols: EventColumns, now_ms: int) -> tuple[np.ndarray, np.ndarray]:
+        """Append a validated batch's events -> (each event's row, each event's type id)."""
+        n = len(cols)
         rows = self._rows_for(cols.user)
         tmap = np.array([self.type_id(u) for u in cols.type.uniques()], dtype=np.int64)
         tids = tmap[cols.type.codes]
@@ -245,11 +309,7 @@ class ShardCore(ShardModels, ShardRfm):
                 break
             self._grow_arena(int(need))
         self.events_accepted += n
-        # scores first, so that score() segments move in the same evaluation as the event
-        srows, smask = self._score_after_events(rows, tids, now_ms)
-        delta = self._evaluate(rows, tids, srows, smask, now_ms, CAUSE_EVENT)
-        self._maybe_compact(now_ms)
-        return delta
+        return rows, tids
 
     def apply_traits(self, cols: TraitColumns, now_ms: int) -> DeltaBatch:
         """Set/unset traits (last update in the batch wins) and re-evaluate."""
@@ -318,10 +378,13 @@ class ShardCore(ShardModels, ShardRfm):
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, ev_rows, tids, tr_rows, tmask, now_ms, cause, order=None, force=None,
-                  rows=None, dry=False):
-        """One kernel call: merge touched and due rows, evaluate, turn flips into deltas."""
+                  rows=None, dry=False, due=None, flips_only=False):
+        """One kernel call: merge touched and due rows (``due``: the rows whose timer fired,
+        collected here when None), evaluate, turn flips into deltas (``flips_only``: into
+        the arrays (rows, plan indices, kinds, causes) that ``_deltas`` takes)."""
         if rows is None:
-            due = KE.collect_due(self, TBLOCK_SHIFT, now_ms) if len(self.plan.names) else _EMPTY_I64
+            if due is None:
+                due = KE.collect_due(self, TBLOCK_SHIFT, now_ms) if len(self.plan.names) else _EMPTY_I64
             rows, evm, trm, isdue, isnew = KE.touched_rows(ev_rows, tids, tr_rows, tmask, due, self.known,
                                                            self._pos)
             self.known[rows] = True
@@ -332,7 +395,7 @@ class ShardCore(ShardModels, ShardRfm):
             isdue = np.zeros(m, np.bool_)
             isnew = np.zeros(m, np.bool_)
         if not len(self.plan.names) or not len(rows):
-            return _EMPTY_I64 if dry else DeltaBatch()
+            return _EMPTY_I64 if dry else (_NO_FLIPS if flips_only else DeltaBatch())
         if order is None:
             order = np.arange(len(self.plan.names), dtype=np.int64)
             force = np.zeros(len(order), np.bool_)
@@ -341,7 +404,7 @@ class ShardCore(ShardModels, ShardRfm):
         if dry:
             return rows[fi]
         if not len(fi):
-            return DeltaBatch()
+            return _NO_FLIPS if flips_only else DeltaBatch()
         if cause == CAUSE_EVENT:
             causes = np.where(evm[fi] != 0, CAUSE_EVENT, CAUSE_TIME).astype(np.int8)
         elif cause == CAUSE_TRAIT:
@@ -349,6 +412,8 @@ class ShardCore(ShardModels, ShardRfm):
             causes = np.where(np.isin(rows[fi], tr_rows), CAUSE_TRAIT, CAUSE_TIME).astype(np.int8)
         else:
             causes = np.full(len(fi), cause, np.int8)
+        if flips_only:
+            return rows[fi], np.asarray(fs, np.int64), np.asarray(fk, np.int8), causes
         return self._deltas(rows[fi], fs, fk, causes, now_ms)
 
     def _deltas(self, rows, plan_idx, kinds, causes, now_ms) -> DeltaBatch:

@@ -23,7 +23,28 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 # The ways the behavioural tests reach an engine (STYLE.md item 10). "grpc" and the Ray modes
 # join this list once they exist; every test taking ``engine_factory`` then runs through each.
-ENGINE_MODES = ("embedded",)
+# "embedded-parts": an embedded engine whose every batch of events is applied in parts of two
+# events (ShardCore.apply_events_in_parts, what a served shard does with large batches so
+# that reads get in between), which must not change any result.
+ENGINE_MODES = ("embedded", "embedded-parts")
+PARTS_OF = 2
+
+
+def apply_events_in_parts(engine, part_events: int = PARTS_OF):
+    """Make ``engine``'s core apply every batch of events in parts of ``part_events``."""
+    from engine._shard import ShardCore
+
+    class InParts(ShardCore):
+        def apply_events(self, cols, now_ms):
+            parts = self.apply_events_in_parts(cols, now_ms, part_events)
+            while True:
+                try:
+                    next(parts)
+                except StopIteration as done:
+                    return done.value
+
+    engine._core.__class__ = InParts
+    return engine
 
 
 def import_engine_class():
@@ -45,14 +66,16 @@ def import_engine_class():
 @pytest.fixture(scope="module", params=ENGINE_MODES)
 def engine_factory(request):
     """A callable ``(clock="event", retention="30d", max_events_per_type=4096) -> engine``."""
-    if request.param == "embedded":
+    if request.param in ("embedded", "embedded-parts"):
         engine_cls = import_engine_class()
+        in_parts = request.param == "embedded-parts"
 
         def make(clock: str = "event", retention: str | int = "30d", max_events_per_type: int = 4096):
             kwargs = {}
             if max_events_per_type != 4096:  # only ask for the knob when a test needs it
                 kwargs["max_events_per_type"] = max_events_per_type
-            return engine_cls(clock=clock, retention=retention, **kwargs)
+            eng = engine_cls(clock=clock, retention=retention, **kwargs)
+            return apply_events_in_parts(eng) if in_parts else eng
 
         return make
     raise ValueError(f"unknown engine mode {request.param!r}")

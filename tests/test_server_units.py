@@ -509,3 +509,47 @@ def test_plain_event_dicts_go_as_columns_with_the_same_results_as_event_messages
     assert real([{"user_id": "u", "type": "v", "value": float("nan")}]) is None
     assert real([{"user_id": "u\0", "type": "v"}]) is None
     assert real([{"user_id": "u", "type": "v", "timestamp_ms": 2**70}]) is None
+
+
+def test_a_shard_applies_a_large_batch_in_parts_with_reads_let_in_between():
+    """ShardHost.run applies an events step of more than ``part_events`` events in parts (a
+    read may go in between two) with exactly the deltas and state of one whole step."""
+    from engine._batch import prepare_events
+    from engine._segments import SegmentRegistry
+    from engine._steps import Step
+    from engine.server._actor import ShardHost
+
+    day = 86_400_000
+    reg = SegmentRegistry(retention_ms=30 * day)
+    defs = [reg.validate("views", "count(view, 1h) >= 2", now_ms=T0),
+            reg.validate("quiet", "since(view) > 10m and count(buy, 1d) == 0", now_ms=T0)]
+    rng = np.random.default_rng(4)
+
+    def batch(t, n):
+        users = [f"u{k}" for k in rng.integers(0, 40, n)]
+        types = rng.choice(["view", "buy"], n, p=[0.8, 0.2]).tolist()
+        cols, _ = prepare_events(users, types, (t + np.sort(rng.integers(0, 60_000, n))).tolist(), None, None,
+                                 now_ms=t + 60_000, retention_ms=30 * day, clock="event")
+        return cols
+
+    steps = [(Step.CREATE_SEGMENT, d, T0) for d in defs]
+    t = T0
+    for k in range(6):                         # timers come due between the batches
+        t += 15 * 60_000
+        steps.append((Step.EVENTS, batch(t, 50), t + 60_000))
+    hosts = [ShardHost(0, {"retention_ms": 30 * day}), ShardHost(1, {"retention_ms": 30 * day})]
+    hosts[1].part_events = 7
+    hosts[1].gate.last_read_s = float("inf")    # as if reads kept coming: parts
+    entries = []
+    real = hosts[1].gate.let_readers_in
+    hosts[1].gate.let_readers_in = lambda: (entries.append(1), real())
+    whole, parts = (h.run(steps) for h in hosts)
+    assert len(entries) > len(steps)           # more points where a read may go in than steps
+    assert not hosts[0].gate.reads_lately(1.0)  # no reads: whole steps
+    def key(batches):
+        return [(b.segments, b.user_ids, b.kind.tolist(), b.cause.tolist(), b.at_ms.tolist())
+                for b in batches]
+    assert key(whole[0]) == key(parts[0])
+    assert sum(map(len, whole[0])) > 0 and whole[1:] == parts[1:]
+    for u in (f"u{k}" for k in range(40)):
+        assert hosts[0].user_view(u) == hosts[1].user_view(u)

@@ -16,6 +16,10 @@ import time
 from typing import Any
 
 NO_TIMER_MS = 2**63 - 1
+# a batch of more events is applied in parts with reads let in between (ShardCore.
+# apply_events_in_parts): ~10 ms of evaluation with 21 segments on this machine
+PART_EVENTS = 1000
+READS_LATELY_S = 2.0        # ... while a read came in the last 2 s
 
 
 class ShardHost:
@@ -32,6 +36,7 @@ class ShardHost:
         self._apply_ms: list[float] = []
         self.gate = ReadGate()
         self._channel = None
+        self.part_events = PART_EVENTS
 
     def open_channel(self, key: bytes, gateway_ip: str) -> tuple[str, int]:
         """Listen for the gateway's channel for rounds (``engine/server/_channel.py``) -> the
@@ -75,9 +80,23 @@ class ShardHost:
         out = []
         t0 = time.perf_counter()
         for kind, payload, now_ms in steps:
-            gate.let_readers_in()
-            with gate.writing():
-                out.append(apply_step(core, kind, payload, now_ms))
+            if (kind == Step.EVENTS and len(payload) > self.part_events
+                    and gate.reads_lately(READS_LATELY_S)):
+                # a large batch in parts, reads let in between two (the same result; ~7-12 %
+                # more work, so only while reads come)
+                parts = core.apply_events_in_parts(payload, now_ms, self.part_events)
+                while True:
+                    gate.let_readers_in()
+                    with gate.writing():
+                        try:
+                            next(parts)
+                        except StopIteration as done:
+                            out.append(done.value)
+                            break
+            else:
+                gate.let_readers_in()
+                with gate.writing():
+                    out.append(apply_step(core, kind, payload, now_ms))
             if kind == Step.EVENTS:
                 self.events_applied += len(payload.timestamp_ms)
         self._apply_ms.append((time.perf_counter() - t0) * 1000.0)

@@ -5,7 +5,10 @@ per frame) and can take a while under saturating ingest. Reads (``GetUser``, ``G
 run in a second thread of the actor (the Ray concurrency group ``reads``) and go in *between
 two steps*: the round takes the gate's lock for each step and, before the next one, hands the
 lock to any reader waiting. So a read waits for at most one step, and never sees a step half
-applied. Every other method that changes the shard's state holds the lock for its whole run.
+applied. While reads come, a large events step goes in parts of users (``ShardCore.
+apply_events_in_parts``), and a read waits for at most one part: it sees each user either
+before or after the step. Every other method that changes the shard's state holds the lock
+for its whole run.
 
 Handing over is explicit because ``threading.Lock`` is not fair: a writer that releases it and
 takes it again at once would starve a reader that is woken in between.
@@ -14,6 +17,7 @@ takes it again at once would starve a reader that is woken in between.
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import contextmanager
 
 HANDOVER_TIMEOUT_S = 0.5      # a writer never waits longer than this for readers to take over
@@ -24,6 +28,11 @@ class ReadGate:
         self._lock = threading.Lock()
         self._cv = threading.Condition(threading.Lock())
         self._waiting = 0
+        self.last_read_s = -1e9          # time.monotonic() of the last read's arrival
+
+    def reads_lately(self, within_s: float) -> bool:
+        """Whether a read came in the last ``within_s`` seconds (or is waiting now)."""
+        return self._waiting > 0 or time.monotonic() - self.last_read_s < within_s
 
     @contextmanager
     def writing(self):
@@ -42,6 +51,7 @@ class ReadGate:
         """A read: the state as it is between two steps."""
         with self._cv:
             self._waiting += 1
+            self.last_read_s = time.monotonic()
         try:
             self._lock.acquire()
         finally:
