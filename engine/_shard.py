@@ -12,6 +12,8 @@ timers' minimum.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from . import _values as V
@@ -54,6 +56,30 @@ def canonical_order(seg_rank: np.ndarray, rows: np.ndarray, users: StringTable) 
 
 
 _NO_FLIPS = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0, np.int8))
+
+
+@dataclass
+class _Staged:
+    """A batch ready for ``ShardCore._append_events`` (per event: row, type id, time, cells)."""
+    rows: np.ndarray
+    tids: np.ndarray
+    ts: np.ndarray
+    vals: np.ndarray
+    src: np.ndarray          # (type, arena column) -> column of ``vals`` (SRC_NULL: none)
+    cutoff: float
+
+
+def _parts_of_due(due: np.ndarray, rows: np.ndarray, parts: list) -> np.ndarray:
+    """Per due row: the part that holds its user's events, or the last part (no events)."""
+    last = len(parts) - 1
+    part_of_event = np.empty(len(rows), np.int64)
+    for k, sel in enumerate(parts):
+        part_of_event[sel] = k
+    order = np.argsort(rows, kind="stable")
+    srows = rows[order]
+    at = np.minimum(np.searchsorted(srows, due), max(len(srows) - 1, 0))
+    hit = srows[at] == due if len(srows) else np.zeros(len(due), np.bool_)
+    return np.where(hit, part_of_event[order][at], last)
 
 
 def _user_parts(codes: np.ndarray, part_events: int) -> list[np.ndarray]:
@@ -213,7 +239,8 @@ class ShardCore(ShardModels, ShardRfm):
         """Store a validated batch and re-evaluate what it touched, at ``now_ms``."""
         if len(cols) == 0:
             return self.advance(now_ms)
-        rows, tids = self._store_events(cols, now_ms)
+        staged = self._stage_events(cols, now_ms)
+        rows, tids = self._append_events(staged)
         # scores first, so that score() segments move in the same evaluation as the event
         srows, smask = self._score_after_events(rows, tids, now_ms)
         delta = self._evaluate(rows, tids, srows, smask, now_ms, CAUSE_EVENT)
@@ -226,32 +253,28 @@ class ShardCore(ShardModels, ShardRfm):
         DeltaBatch (``StopIteration.value``), so that the caller can let reads in between two
         parts (``server/_actor.py``).
 
-        The result and the state are exactly ``apply_events``': every user is evaluated once,
-        in the part that holds all of its events, with its timer if that is due (the due
-        timers are taken once, before the first part; those of users without events go with
-        the last part), and the retention sweep runs after the last part. A read between two
-        parts sees each user either as before the step or as after it."""
+        The result and the state are exactly ``apply_events``': the batch's users get their
+        rows and its types and properties their arena columns before the first part, as in
+        one step; every user is evaluated once, in the part that holds all of its events,
+        with its timer if that is due (the due timers are taken once, before the first part;
+        those of users without events go with the last part); the retention sweep runs after
+        the last part. A read between two parts sees each user either as before the step or
+        as after it."""
         n = len(cols)
         if n <= part_events or not len(self.plan.names):
             return ShardCore.apply_events(self, cols, now_ms)
         parts = _user_parts(cols.user.codes, part_events)
         if len(parts) == 1:
             return ShardCore.apply_events(self, cols, now_ms)
+        staged = self._stage_events(cols, now_ms)
         due = KE.collect_due(self, TBLOCK_SHIFT, now_ms)
-        left = np.ones(len(due), np.bool_)
+        due_part = _parts_of_due(due, staged.rows, parts)
         flips = []
         for k, sel in enumerate(parts):
-            part = cols.take(sel)
-            rows, tids = self._store_events(part, now_ms)
+            rows, tids = self._append_events(staged, sel)
             srows, smask = self._score_after_events(rows, tids, now_ms)
-            if k == len(parts) - 1:
-                due_k = due[left]
-            else:
-                mine = left & np.isin(due, rows)
-                due_k = due[mine]
-                left &= ~mine
-            flips.append(self._evaluate(rows, tids, srows, smask, now_ms, CAUSE_EVENT, due=due_k,
-                                        flips_only=True))
+            flips.append(self._evaluate(rows, tids, srows, smask, now_ms, CAUSE_EVENT,
+                                        due=due[due_part == k], flips_only=True))
             if k < len(parts) - 1:
                 yield
         self._maybe_compact(now_ms)
@@ -260,8 +283,9 @@ class ShardCore(ShardModels, ShardRfm):
             return DeltaBatch()
         return self._deltas(rows, plan_idx, kinds, causes, now_ms)
 
-    def _store_events(self, cols: EventColumns, now_ms: int) -> tuple[np.ndarray, np.ndarray]:
-        """Append a validated batch's events -> (each event's row, each event's type id)."""
+    def _stage_events(self, cols: EventColumns, now_ms: int) -> "_Staged":
+        """A validated batch made ready to append: its users' rows (new users get theirs),
+        its types' ids, its values and properties as arena cells (new arena columns made)."""
         n = len(cols)
         rows = self._rows_for(cols.user)
         tmap = np.array([self.type_id(u) for u in cols.type.uniques()], dtype=np.int64)
@@ -299,12 +323,21 @@ class ShardCore(ShardModels, ShardRfm):
                     src[t, c] = 0
                 else:
                     src[t, c] = batch_col.get(prop, KS.SRC_NULL)
-        cutoff = float(now_ms - self.retention_ms)
         ts = np.ascontiguousarray(cols.timestamp_ms, dtype=np.int64)
+        return _Staged(rows, tids, ts, vals, src, float(now_ms - self.retention_ms))
+
+    def _append_events(self, st: "_Staged", sel: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Append the staged events (those at ``sel``, in order: all by default) -> (each
+        event's row, each event's type id)."""
+        if sel is None:
+            rows, tids, ts, vals = st.rows, st.tids, st.ts, st.vals
+        else:
+            rows, tids, ts, vals = st.rows[sel], st.tids[sel], st.ts[sel], st.vals[sel]
+        n = len(rows)
         i = 0
         while True:
-            i, need = KS._append(i, rows, tids, ts, vals, src, self.width, self.arena, self.astate,
-                                 self.free, self.h, KS.CAPS, cutoff, self.max_per, self.counters)
+            i, need = KS._append(i, rows, tids, ts, vals, st.src, self.width, self.arena, self.astate,
+                                 self.free, self.h, KS.CAPS, st.cutoff, self.max_per, self.counters)
             if i >= n:
                 break
             self._grow_arena(int(need))

@@ -35,20 +35,23 @@ class ShardHost:
         self.events_applied = 0
         self._apply_ms: list[float] = []
         self.gate = ReadGate()
-        self._channel = None
+        self._channels: dict = {}
         self.part_events = PART_EVENTS
 
-    def open_channel(self, key: bytes, gateway_ip: str) -> tuple[str, int]:
-        """Listen for the gateway's channel for rounds (``engine/server/_channel.py``) -> the
-        address to connect to: loopback when the gateway is on this node."""
+    def open_channel(self, key: bytes, gateway_ip: str, purpose: str = "rounds") -> tuple[str, int]:
+        """Listen for one of the gateway's channels (``engine/server/_channel.py``): ``rounds``
+        (``run``) or ``reads`` (``read``: a request is ``(method, args)``) -> the address to
+        connect to, loopback when the gateway is on this node."""
         from engine.server._channel import ChannelServer
 
-        if self._channel is not None:
-            self._channel.close()
+        handler = {"rounds": self.run, "reads": lambda req: self.read(req[0], *req[1])}[purpose]
+        old = self._channels.pop(purpose, None)
+        if old is not None:
+            old.close()
         here = node_ip()
         host = "127.0.0.1" if here in ("", gateway_ip) else here
-        self._channel = ChannelServer(self.run, key, host)
-        return self._channel.address
+        self._channels[purpose] = ChannelServer(handler, key, host)
+        return self._channels[purpose].address
 
     def reset(self, core_kwargs: dict[str, Any]) -> None:
         """Start again with an empty core (the gateway's Reset, for tests)."""

@@ -94,22 +94,28 @@ class RayShard:
     def __init__(self, index: int, handle):
         self.index = index
         self.handle = handle
-        self.channel = None               # a _channel.ChannelClient once open_channel ran
+        self.channel = None               # _channel.ChannelClients once open_channel ran:
+        self.reads_channel = None         # for rounds, and for reads between their steps
 
     async def open_channel(self) -> None:
         """Open the direct channel for rounds: the actor listens, this end connects."""
         from engine.server._actor import node_ip
         from engine.server._channel import ChannelClient, new_key
 
-        key = new_key()
-        address = await self.call_ray("open_channel", key, node_ip())
-        channel = ChannelClient(self.index, ShardDown)
-        try:
-            await channel.connect(tuple(address), key)
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
-            raise ShardDown(self.index, f"its channel for rounds could not be opened ({exc!r}); "
-                            "--rounds-over-ray sends rounds as Ray calls instead") from exc
-        self.channel = channel
+        channels = []
+        for purpose in ("rounds", "reads"):
+            key = new_key()
+            address = await self.call_ray("open_channel", key, node_ip(), purpose)
+            channel = ChannelClient(self.index, ShardDown)
+            try:
+                await channel.connect(tuple(address), key)
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+                for c in channels:
+                    c.close()
+                raise ShardDown(self.index, f"its channel for {purpose} could not be opened "
+                                f"({exc!r}); --rounds-over-ray uses Ray calls instead") from exc
+            channels.append(channel)
+        self.channel, self.reads_channel = channels
 
     def start_run(self, steps: list):
         """Start ``run(steps)`` -> an awaitable (channel) or a Ray object ref."""
@@ -140,9 +146,12 @@ class RayShard:
         return self.handle.training_data.remote(*args)
 
     async def read(self, method: str, *args):
-        """A read in the actor's ``reads`` thread: it waits for one step, not a round."""
+        """A read between two steps of the shard's round (its reads channel, or the actor's
+        ``reads`` thread): it waits for one step, not a round."""
         from engine.server._actor import READS_GROUP
 
+        if self.reads_channel is not None:
+            return await self.reads_channel.call((method, args))
         try:
             return await self.handle.read.options(concurrency_group=READS_GROUP).remote(method, *args)
         except Exception as exc:  # noqa: BLE001
@@ -151,8 +160,9 @@ class RayShard:
     def kill(self) -> None:
         import ray
 
-        if self.channel is not None:
-            self.channel.close()
+        for channel in (self.channel, self.reads_channel):
+            if channel is not None:
+                channel.close()
         try:
             ray.kill(self.handle)
         except Exception:  # noqa: BLE001 - already gone
