@@ -153,3 +153,56 @@ def test_calls_waiting_when_the_shard_process_dies_fail_with_shard_down():
     for g in got:
         assert isinstance(g, ShardDown), g
         assert g.index == 1 and "channel closed" in str(g)
+
+
+def test_a_silent_connection_does_not_hold_up_the_gateways(monkeypatch):
+    """Peers that connect and never prove the key (up to ``MAX_HANDSHAKES`` of them at once)
+    cannot keep the gateway's connection from its handshake: each handshake runs on its own."""
+    import engine.server._channel as CH
+
+    monkeypatch.setattr(CH, "HANDSHAKE_TIMEOUT_S", 120.0)   # a hold-up would last this long
+    server, key = _serve(lambda x: x)
+    silent = [socket.create_connection(server.address) for _ in range(CH.MAX_HANDSHAKES // 2)]
+
+    async def main():
+        c = ChannelClient(0, ShardDown)
+        await asyncio.wait_for(c.connect(server.address, key), 60)
+        got = await c.call("through")
+        c.close()
+        return got
+    try:
+        assert asyncio.run(main()) == "through"
+    finally:
+        for s in silent:
+            s.close()
+        server.close()
+
+
+def test_rounds_and_reads_as_ray_calls_give_the_same_results(tmp_path):
+    """``--rounds-over-ray`` (for networks that refuse direct connections): the same
+    deltas, members and user views as the embedded engine, through two Ray shard actors."""
+    import random
+
+    from engine import Engine
+    from engine.client import Client
+    from tests.test_server_support import ServerProcess
+
+    t0 = 1_700_000_000_000
+    rng = random.Random(3)
+    batches = [[{"user_id": f"u{rng.randrange(50)}", "type": rng.choice(["view", "buy"]),
+                 "timestamp_ms": t0 + k * 600_000 + j} for j in range(40)] for k in range(6)]
+    ref = Engine(clock="event")
+    srv = ServerProcess(tmp_path, "--shards", "2", "--clock", "event", "--rounds-over-ray")
+    try:
+        with Client(srv.target, timeout_s=120) as c:
+            for eng in (c, ref):
+                eng.create_segment("viewers", "count(view, 30m) >= 2")
+                eng.create_segment("quiet", "since(view) > 20m and count(buy, 1h) == 0")
+                for b in batches:
+                    eng.ingest(b)
+            assert c.deltas() == ref.deltas()
+            for name in ("viewers", "quiet"):
+                assert c.members(name) == ref.members(name)
+            assert c.get_user("u1")["segments"] == ref.get_user("u1")["segments"]
+    finally:
+        srv.stop()

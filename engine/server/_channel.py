@@ -9,7 +9,9 @@ connection of its own a round costs a pickle, a send and a wake-up on each side.
 * **Opening.** The gateway makes a random key and asks the actor (by a Ray call) to listen;
   the actor answers with the address it listens on (its node's address, a free port). The
   gateway connects, and both prove that they know the key (HMAC-SHA256 over a random
-  challenge from each side) before anything is unpickled. The actor serves one connection.
+  challenge from each side) before anything is unpickled. A connection that proves nothing
+  holds up no other (each handshake has its own thread and time limit), and the actor serves
+  one proven connection at a time.
 * **Order.** Messages are framed (8-byte length, then a pickle) and answered in the order they
   were sent, one at a time, exactly as Ray runs one caller's calls to an actor: rounds can be
   pipelined and every call to ``run`` goes over the channel once it is open.
@@ -39,6 +41,7 @@ _LENGTH = struct.Struct("!Q")
 _CHALLENGE_BYTES = 32
 _DIGEST_BYTES = hashlib.sha256().digest_size
 HANDSHAKE_TIMEOUT_S = 10.0
+MAX_HANDSHAKES = 64          # connections proving the key at once; more are closed at once
 KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 5, 3, 3
 
 
@@ -99,6 +102,8 @@ class ChannelServer:
         self._sock = socket.create_server((host, 0), backlog=4)
         self.address = (host, self._sock.getsockname()[1])
         self._closed = False
+        self._handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
+        self._one_session = threading.Lock()
         self._thread = threading.Thread(target=self._serve, name="rtseg-channel", daemon=True)
         self._thread.start()
 
@@ -115,16 +120,30 @@ class ChannelServer:
                 conn, _ = self._sock.accept()
             except OSError:
                 return
+            if not self._handshakes.acquire(blocking=False):
+                conn.close()                 # too many connections proving nothing at once
+                continue
+            threading.Thread(target=self._connection, args=(conn,), name="rtseg-channel-conn",
+                             daemon=True).start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        """One accepted connection: its handshake (at most HANDSHAKE_TIMEOUT_S, without
+        holding up other connections), then, with the key proven, its session."""
+        try:
+            conn.settimeout(HANDSHAKE_TIMEOUT_S)
             try:
-                conn.settimeout(HANDSHAKE_TIMEOUT_S)
-                if self._handshake(conn):
-                    conn.settimeout(None)
-                    _tune(conn)
-                    self._session(conn)
-            except OSError as exc:
-                log.warning("shard channel: connection ended: %s", exc)
+                proven = self._handshake(conn)
             finally:
-                conn.close()
+                self._handshakes.release()
+            if proven:
+                conn.settimeout(None)
+                _tune(conn)
+                with self._one_session:
+                    self._session(conn)
+        except OSError as exc:
+            log.warning("shard channel: connection ended: %s", exc)
+        finally:
+            conn.close()
 
     def _handshake(self, conn: socket.socket) -> bool:
         mine = secrets.token_bytes(_CHALLENGE_BYTES)
