@@ -892,7 +892,7 @@ def _scratch(seg_tab, max_per):
             np.empty(max_per + 1, dtype=np.int64), np.empty(max_per + 1, dtype=np.int64))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)   # a read's thread registers meanwhile (server/_gate.py)
 def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
          seg_tab, dep_list, prog, consts, leaves, steps, fprog,
          arena, width, h, traits, member, timer, tnext, tmask, tblock, tblock_shift,
