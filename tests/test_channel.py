@@ -206,3 +206,56 @@ def test_rounds_and_reads_as_ray_calls_give_the_same_results(tmp_path):
             assert c.get_user("u1")["segments"] == ref.get_user("u1")["segments"]
     finally:
         srv.stop()
+
+
+_MIXED = r'''
+import asyncio, os, sys
+os.environ["RAY_enable_metrics_collection"] = "0"
+import ray
+ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+from engine._steps import Step
+from engine.server import _channel
+from engine.server._actor import shard_actor_class
+from engine.server._shards import ChannelUnavailable, RayShard, ShardSet
+
+async def main():
+    kw = {"retention_ms": 86_400_000}
+    ss = ShardSet()
+    for i in range(2):
+        c = RayShard(i, shard_actor_class().remote(i, kw))
+        await c.ready(False)
+        ss.clients.append(c)
+    await ss.clients[0].open_channel()
+    real = _channel.ChannelClient.connect
+
+    async def refused(self, address, key):
+        raise ConnectionRefusedError("no route to the node's port")
+    _channel.ChannelClient.connect = refused
+    try:
+        await ss.clients[1].open_channel()
+    except ChannelUnavailable as exc:
+        print("fallback:", exc)
+    _channel.ChannelClient.connect = real
+    assert ss.clients[0].channel is not None and ss.clients[1].channel is None
+    t = 1_700_000_000_000
+    for k in range(3):
+        got = await ss.collect_round(ss.submit_round([[(Step.ADVANCE, None, t + k)]] * 2))
+        print("round", k, [len(g[0]) for g in got])
+    print("read", sorted(await ss.clients[1].read("user_view", "nobody")))
+    ss.close()
+
+asyncio.run(main())
+'''
+
+
+def test_a_shard_without_a_channel_takes_its_rounds_as_ray_calls(tmp_path):
+    """When a shard's channel cannot be opened (a network that refuses the port), that shard
+    alone goes on with Ray calls, and one round mixes both kinds of shard."""
+    out = subprocess.run([sys.executable, "-c", _MIXED], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert any(line.startswith("fallback: shard 1: its channel for rounds could not be opened")
+               for line in lines), out.stdout
+    assert [line for line in lines if line.startswith("round")] == [f"round {k} [1, 1]" for k in range(3)]
+    assert any(line.startswith("read ") for line in lines)

@@ -189,7 +189,7 @@ class Gateway:
 
     async def new_shard(self, index: int):
         """A new shard client (Ray actor or in-process host), started and warmed up."""
-        from engine.server._shards import RayShard
+        from engine.server._shards import ChannelUnavailable, RayShard
 
         if self._actor_factory is not None:
             client = self._actor_factory(index, self.core_kwargs())
@@ -204,7 +204,12 @@ class Gateway:
             client = RayShard(index, shard_actor_class().options(**opts).remote(index, self.core_kwargs()))
         info = await client.ready()
         if getattr(client, "is_ray", False) and not self.config.rounds_over_ray:
-            await client.open_channel()
+            try:
+                await client.open_channel()
+            except ChannelUnavailable as exc:
+                log.warning("%s: rounds and reads of this shard go as Ray calls (slower); "
+                            "allow TCP from the gateway to the nodes' ephemeral ports, or serve "
+                            "with --rounds-over-ray to say so", exc)
         return client, info
 
     def set_health(self, serving: bool) -> None:

@@ -28,6 +28,10 @@ class ShardDown(Unavailable):
         super().__init__(f"shard {index} is unavailable: {cause}")
 
 
+class ChannelUnavailable(ConnectionError):
+    """A shard actor's direct channel could not be opened (the actor itself answers)."""
+
+
 class ShardClient(Protocol):
     index: int
 
@@ -112,8 +116,8 @@ class RayShard:
             except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
                 for c in channels:
                     c.close()
-                raise ShardDown(self.index, f"its channel for {purpose} could not be opened "
-                                f"({exc!r}); --rounds-over-ray uses Ray calls instead") from exc
+                raise ChannelUnavailable(f"shard {self.index}: its channel for {purpose} could not be "
+                                         f"opened ({exc!r})") from exc
             channels.append(channel)
         self.channel, self.reads_channel = channels
 
@@ -245,33 +249,35 @@ class ShardSet:
 
     async def collect_round(self, pending: list) -> list:
         """Results of :meth:`submit_round`, in shard order (None where nothing ran); a shard
-        that failed gives its exception (ShardDown for a lost actor) in its place."""
-        idx = [i for i, p in enumerate(pending) if p is not None]
+        that failed gives its exception (ShardDown for a lost actor) in its place. Futures
+        (channels, in-process shards) and Ray refs (shards without a channel) may be mixed."""
         out: list = [None] * len(pending)
-        if not idx:
-            return out
-        if all(isinstance(pending[i], asyncio.Future) for i in idx):   # in process, or channels
-            got = await asyncio.gather(*[pending[i] for i in idx], return_exceptions=True)
+        futs = [i for i, p in enumerate(pending) if isinstance(p, asyncio.Future)]
+        refs = [i for i, p in enumerate(pending) if p is not None and not isinstance(p, asyncio.Future)]
+        waits = [asyncio.gather(*[pending[i] for i in futs], return_exceptions=True)] if futs else []
+        if refs:
+            waits.append(self._ray_results([pending[i] for i in refs], refs))
+        for idx, got in zip([futs] * bool(futs) + [refs] * bool(refs), await asyncio.gather(*waits)):
             for i, g in zip(idx, got):
                 out[i] = g
-            return out
+        return out
+
+    async def _ray_results(self, refs: list, indices: list[int]) -> list:
         import ray
 
         if self._pool is None:
             self._pool = ThreadPoolExecutor(2, thread_name_prefix="rtseg-get")
         loop = asyncio.get_running_loop()
-        refs = [pending[i] for i in idx]
         try:
-            got = await loop.run_in_executor(self._pool, ray.get, refs)
-            for i, g in zip(idx, got):
-                out[i] = g
+            return await loop.run_in_executor(self._pool, ray.get, refs)
         except Exception:  # noqa: BLE001 - find which shard failed, one by one
-            for i in idx:
+            out = []
+            for i, ref in zip(indices, refs):
                 try:
-                    out[i] = await loop.run_in_executor(self._pool, ray.get, pending[i])
+                    out.append(await loop.run_in_executor(self._pool, ray.get, ref))
                 except Exception as exc:  # noqa: BLE001
-                    out[i] = _translate(i, exc)
-        return out
+                    out.append(_translate(i, exc))
+            return out
 
     def close(self) -> None:
         for c in self.clients:
