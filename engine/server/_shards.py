@@ -3,10 +3,11 @@
 Every method is a coroutine and returns what the ``ShardHost`` method of the same name returns.
 A shard that died raises :class:`ShardDown` (never a Ray exception), so the gateway decides in
 one place what a lost shard means. ``submit_round`` sends one round's steps to every shard and
-``collect_round`` collects the results. A Ray shard's ``run`` goes over its direct channel
-(``_channel.py``) once that is open; every other method is a Ray actor call. Without the
-channel (``--rounds-over-ray``) a round's results are fetched with one blocking ``ray.get`` in
-a helper thread (measured ~0.2 ms faster per round than awaiting each reference on the loop).
+``collect_round`` collects the results. A Ray shard's ``run`` and ``read`` go over its direct
+channels (``_channel.py``) once they are open; every other method is a Ray actor call. Without
+them (``--rounds-over-ray``, or channels that could not be opened) a round's results are
+fetched with one blocking ``ray.get`` in a helper thread (measured ~0.2 ms faster per round
+than awaiting each reference on the loop).
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ class RayShard:
         self.reads_channel = None         # for rounds, and for reads between their steps
 
     async def open_channel(self) -> None:
-        """Open the direct channel for rounds: the actor listens, this end connects."""
+        """Open the direct channels for rounds and for reads: the actor listens, this end
+        connects. Raises ChannelUnavailable (the shard then goes on with Ray calls)."""
         from engine.server._actor import node_ip
         from engine.server._channel import ChannelClient, new_key
 
@@ -254,11 +256,14 @@ class ShardSet:
         out: list = [None] * len(pending)
         futs = [i for i, p in enumerate(pending) if isinstance(p, asyncio.Future)]
         refs = [i for i, p in enumerate(pending) if p is not None and not isinstance(p, asyncio.Future)]
-        waits = [asyncio.gather(*[pending[i] for i in futs], return_exceptions=True)] if futs else []
+        groups = []                       # (shard indices, what gives their results)
+        if futs:
+            groups.append((futs, asyncio.gather(*[pending[i] for i in futs], return_exceptions=True)))
         if refs:
-            waits.append(self._ray_results([pending[i] for i in refs], refs))
-        for idx, got in zip([futs] * bool(futs) + [refs] * bool(refs), await asyncio.gather(*waits)):
-            for i, g in zip(idx, got):
+            groups.append((refs, self._ray_results([pending[i] for i in refs], refs)))
+        results = await asyncio.gather(*(waiting for _, waiting in groups))
+        for (indices, _), got in zip(groups, results):
+            for i, g in zip(indices, got):
                 out[i] = g
         return out
 
