@@ -237,6 +237,9 @@ class ShardCore(ShardModels, ShardRfm):
 
     def apply_events(self, cols: EventColumns, now_ms: int) -> DeltaBatch:
         """Store a validated batch and re-evaluate what it touched, at ``now_ms``."""
+        return self._apply_whole(cols, now_ms)
+
+    def _apply_whole(self, cols: EventColumns, now_ms: int) -> DeltaBatch:
         if len(cols) == 0:
             return self.advance(now_ms)
         staged = self._stage_events(cols, now_ms)
@@ -262,10 +265,10 @@ class ShardCore(ShardModels, ShardRfm):
         as after it."""
         n = len(cols)
         if n <= part_events or not len(self.plan.names):
-            return ShardCore.apply_events(self, cols, now_ms)
+            return self._apply_whole(cols, now_ms)
         parts = _user_parts(cols.user.codes, part_events)
         if len(parts) == 1:
-            return ShardCore.apply_events(self, cols, now_ms)
+            return self._apply_whole(cols, now_ms)
         staged = self._stage_events(cols, now_ms)
         due = KE.collect_due(self, TBLOCK_SHIFT, now_ms)
         due_part = _parts_of_due(due, staged.rows, parts)

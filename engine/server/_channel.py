@@ -73,7 +73,7 @@ def _tune(sock: socket.socket) -> None:
 
 # ---------------------------------------------------------------------- the actor's end
 
-def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
+def _recv_exactly(sock: socket.socket, n: int) -> bytearray | None:
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
@@ -82,10 +82,10 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
         if k == 0:
             return None
         got += k
-    return bytes(buf)
+    return buf                 # pickle.loads takes it as it is: no copy of a large round
 
 
-def _recv_message(sock: socket.socket) -> bytes | None:
+def _recv_message(sock: socket.socket) -> bytearray | None:
     head = _recv_exactly(sock, _LENGTH.size)
     if head is None:
         return None
