@@ -13,6 +13,7 @@ import numpy as np
 from . import _values as V
 from .errors import ExpressionError
 from .expr import ast as A
+from .expr._shape import eval_cost, operand_order
 from .kernels import _eval as K
 from .kernels import _layout as LY
 
@@ -159,9 +160,7 @@ class _Compiler:
             self.expr(n.high)
             self.emit(K.OP_BETWEEN, push=-2)
         elif isinstance(n, A.BoolOp):
-            for o in n.operands:
-                self.expr(o)
-            self.emit(K.OP_AND if n.op == "and" else K.OP_OR, len(n.operands), push=1 - len(n.operands))
+            self.bool_op(n)
         elif isinstance(n, A.Aggregate):
             t = self.event_type(n.source.event)
             col = self.schema.column(t, n.source.prop) if n.source.prop else 0
@@ -199,6 +198,25 @@ class _Compiler:
         else:
             line, col = getattr(n, "line", 1), getattr(n, "col", 1)
             raise ExpressionError(line, col, f"{type(n).__name__} cannot be evaluated by this engine version")
+
+    def bool_op(self, n: A.BoolOp) -> None:
+        """``and`` / ``or``: the operands cheapest first , each but the last followed
+        by an ``OP_SKIP`` when a later one reads events (``operand_order``, ``eval_cost``). An and/or's value and next change do
+        not depend on its operands' order (``_program``), and an operand that decides it and
+        cannot change by time alone decides it exactly: the skipped operands' leaves are never
+        evaluated, and the result is the same value with the same time."""
+        ops = operand_order(n)
+        is_and = n.op == "and"
+        skips = []
+        for k, o in enumerate(ops):
+            self.expr(o)
+            if k + 1 < len(ops) and any(eval_cost(x) > 0 for x in ops[k + 1:]):
+                skips.append(len(self.prog))
+                self.emit(K.OP_SKIP, 0, k + 1, int(is_and))
+        self.emit(K.OP_AND if is_and else K.OP_OR, len(ops), push=1 - len(ops))
+        for pc in skips:  # jump to just past the and/or
+            self.prog[pc] = _prog_row(K.OP_SKIP, len(self.prog) - pc - 1, self.prog[pc][LY.PROG_A2],
+                                      self.prog[pc][LY.PROG_A3])
 
     def model_call(self, n: A.ModelCall) -> None:
         """A model's score is a hidden trait column that the shard writes after scoring, so a

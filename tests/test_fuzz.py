@@ -480,7 +480,7 @@ def _ingest_decoded(cols, n):
 def _accepted(cols, rejections):
     """What a prepared batch holds, as plain values: comparable across input forms."""
     strings = cols.prop_strings.uniques()
-    props = {k: [unbox(x, strings) for x in v.tolist()] for k, v in cols.props.items()}
+    props = {k: [unbox(x, strings.__getitem__) for x in v.tolist()] for k, v in cols.props.items()}
     # "too far in the future" reasons quote the machine's clock, which moves between calls
     reasons = [(r.index, re.sub(r"at most \d+ is accepted", "at most T is accepted", r.reason))
                for r in rejections]

@@ -68,10 +68,14 @@ def same(a, b, approx=False) -> bool:
 @st.composite
 def event_lists(draw):
     unit = draw(st.sampled_from(UNITS))
-    ks = sorted(draw(st.lists(st.integers(0, 20), max_size=12)))
+    # a few values in short lists; sometimes more distinct values than the kernel's small
+    # table holds (SMALL_VALUES), so that its sorting path runs too
+    many = draw(st.booleans())
+    ks = sorted(draw(st.lists(st.integers(0, 20), max_size=40 if many else 12)))
+    skus = st.integers(0, 40 if many else 2)
     events = [N.Event(BASE + k * unit,
                       draw(st.one_of(st.none(), st.sampled_from(DYADIC))),
-                      draw(st.one_of(st.none(), st.builds(N.Str, st.integers(0, 2)))))
+                      draw(st.one_of(st.none(), st.builds(N.Str, skus))))
               for k in ks]
     now = BASE + draw(st.integers(0, 24)) * unit
     window = draw(st.integers(1, 10)) * unit
@@ -205,7 +209,9 @@ leaf_states = st.lists(st.tuples(st.one_of(st.none(), st.integers(-8, 8).map(flo
                                  st.sampled_from((0.0, 1.0, -1.0))), min_size=NLEAVES, max_size=NLEAVES)
 
 
-def postfix(tree, prog, consts):
+def postfix(tree, prog, consts, skips=False):
+    """The tree as a postfix program; with ``skips``, an ``OP_SKIP`` after each operand of an
+    and/or but the last, as the compiler emits them."""
     op = tree[0]
     if op == "const":
         consts.append(box(tree[1]))
@@ -213,17 +219,33 @@ def postfix(tree, prog, consts):
     elif op == "leaf":
         prog.append((K.OP_LEAF, tree[1], 0, 0))
     elif op in ("neg", "not"):
-        postfix(tree[1], prog, consts)
+        postfix(tree[1], prog, consts, skips)
         prog.append((K.OP_NEG if op == "neg" else K.OP_NOT, 0, 0, 0))
     elif op in ("and", "or"):
-        for x in tree[1]:
-            postfix(x, prog, consts)
+        at = []
+        for k, x in enumerate(tree[1]):
+            postfix(x, prog, consts, skips)
+            if skips and k + 1 < len(tree[1]):
+                at.append(len(prog))
+                prog.append(None)
         prog.append((K.OP_AND if op == "and" else K.OP_OR, len(tree[1]), 0, 0))
+        for k, pc in enumerate(at):
+            prog[pc] = (K.OP_SKIP, len(prog) - pc - 1, k + 1, int(op == "and"))
     else:
-        postfix(tree[1], prog, consts)
-        postfix(tree[2], prog, consts)
+        postfix(tree[1], prog, consts, skips)
+        postfix(tree[2], prog, consts, skips)
         code = CMP_OPS.get(op) or {"+": K.OP_ADD, "-": K.OP_SUB, "*": K.OP_MUL}[op]
         prog.append((code, 0, 0, 0))
+
+
+def run_program(now, p, consts, lv, ls, lnx, stack):
+    """``_program`` over given leaves (not lazy: their values, slopes and next changes are
+    read from ``lv``, ``ls``, ``lnx``; the leaf-evaluation arguments are empty)."""
+    i2 = np.zeros((0, 1), np.int64)
+    i1 = np.zeros(1, np.int64)
+    return K._program(0, now, 0, len(p), p, consts, lv, ls, lnx, np.zeros((1, 1), np.float64),
+                      np.zeros((1, 1), np.uint64), *stack, False, 0, 0, i2, i2, i2, np.zeros(1),
+                      i1, i2, np.zeros(1), i1, i1, i1)
 
 
 @SETTINGS
@@ -239,13 +261,32 @@ def test_program_value_and_timer(tree, leaves, now):
     lnx = np.full(NLEAVES, K.INF_MS, np.int64)
     stack = (np.empty(LY.MAX_STACK, np.float64), np.empty(LY.MAX_STACK, np.float64),
              np.empty(LY.MAX_STACK, np.int64))
-    val, nxt = K._program(0, now, 0, len(p), p, np.array(consts or [0.0], np.float64), lv, ls, lnx,
-                          np.zeros((1, 1), np.float64), np.zeros((1, 1), np.uint64), *stack)
+    val, nxt = run_program(now, p, np.array(consts or [0.0], np.float64), lv, ls, lnx, stack)
     want = N.program_value(tree, [(v, 0.0 if v is None else s) for v, s in leaves], 0)
     assert unbox(val) == want
     assert nxt > now
     for dt in range(1, min(int(nxt) - now, 80)):
         assert (N.program_value(tree, leaves, dt) is True) == (want is True), (dt, int(nxt) - now)
+
+
+@SETTINGS
+@given(bools, leaf_states, st.integers(0, 10**6))
+def test_program_skips_change_nothing(tree, leaves, now):
+    """With an ``OP_SKIP`` after every and/or operand, ``_program`` returns the same value and
+    the same next change as without."""
+    stack = (np.empty(LY.MAX_STACK, np.float64), np.empty(LY.MAX_STACK, np.float64),
+             np.empty(LY.MAX_STACK, np.int64))
+    lv = np.array([box(v) for v, _ in leaves], np.float64)
+    ls = np.array([0.0 if v is None else s for v, s in leaves], np.float64)
+    lnx = np.array([K.INF_MS if k % 2 else 1000 + k for k in range(NLEAVES)], np.int64)
+    got = []
+    for skips in (False, True):
+        prog, consts = [], []
+        postfix(tree, prog, consts, skips)
+        p = np.array(prog, np.int64).reshape(-1, LY.PROG_NCOLS)
+        val, nxt = run_program(now, p, np.array(consts or [0.0], np.float64), lv, ls, lnx, stack)
+        got.append((int(np.float64(val).view(np.int64)), int(nxt)))
+    assert got[1] == got[0]
 
 
 # -- timers ---------------------------------------------------------------------------------

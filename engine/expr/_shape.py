@@ -107,6 +107,37 @@ def check_shape(tree, limits) -> None:
 # These mirror the stack accounting of engine._plan._Compiler.expr / .fexpr exactly.
 
 
+# what evaluating an aggregate costs for one user, roughly (a window's binary searches = 1, a
+# scan of the window's events = 2, collecting and sorting its values = 4; a where filter +1)
+_AGG_COST = {"count": 1, "sum": 2, "avg": 2, "min": 2, "max": 2, "active_days": 3, "distinct": 4,
+             "top_count": 4, "affinity": 4, "affinity_score": 4, "affinity_rank": 4}
+
+
+def eval_cost(node) -> int:
+    """Rough cost of evaluating ``node`` for one user: 0 when it reads no events (traits,
+    other segments' bits, constants), else the sum over its aggregates."""
+    if isinstance(node, A.Aggregate):
+        return _AGG_COST.get(node.func, 4) + (node.source.filter is not None)
+    if isinstance(node, (A.Since, A.SinceFirst)):
+        return 2
+    if isinstance(node, (A.Sequence, A.Rfm)):
+        return 4
+    total = 0
+    for f in dataclasses.fields(node):
+        v = getattr(node, f.name)
+        for x in (v if isinstance(v, (tuple, list)) else (v,)):
+            if dataclasses.is_dataclass(x):
+                total += eval_cost(x)
+    return total
+
+
+def operand_order(node: A.BoolOp) -> list:
+    """The order in which the compiler evaluates an ``and``/``or``'s operands: cheapest first
+    (``eval_cost``; ties in the written order). Its value and next change do not depend on
+    the order, and an operand that decides it early saves the evaluation of the rest."""
+    return sorted(node.operands, key=eval_cost)
+
+
 def stack_need(node) -> int:
     """Stack slots the segment program of ``node`` needs (``where`` filters have their own)."""
     if isinstance(node, A.Neg):
@@ -122,7 +153,7 @@ def stack_need(node) -> int:
     if isinstance(node, A.Between):
         return max(stack_need(node.operand), 1 + stack_need(node.low), 2 + stack_need(node.high))
     if isinstance(node, A.BoolOp):
-        return max(i + stack_need(o) for i, o in enumerate(node.operands))
+        return max(i + stack_need(o) for i, o in enumerate(operand_order(node)))
     if isinstance(node, A.ModelCall) and node.func == "likely":
         return 2
     return 1  # a literal, a trait, a leaf (aggregate, since, sequence), near, segment(...)

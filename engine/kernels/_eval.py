@@ -32,7 +32,7 @@ from ._layout import (  # also read as K.* by the compiler and the tests
     LEAF_COL, LEAF_FLEN, LEAF_FOFF, LEAF_KIND, LEAF_TYPE, LEAF_WINDOW, MAX_STACK, OP_ADD, OP_AND,
     OP_BETWEEN, OP_BUCKET, OP_CONST, OP_DIV, OP_EQ, OP_EXISTS_PROP, OP_EXISTS_TRAIT, OP_GE,
     OP_GT, OP_IN, OP_LE, OP_LEAF, OP_LT, OP_MUL, OP_NE, OP_NEAR, OP_NEG, OP_NOT, OP_OR, OP_PROP,
-    OP_RFM, OP_SEG, OP_SUB, OP_TRAIT, OP_TRAIT_TIME, PROG_A1, PROG_A2, PROG_A3, PROG_OP,
+    OP_RFM, OP_SEG, OP_SKIP, OP_SUB, OP_TRAIT, OP_TRAIT_TIME, PROG_A1, PROG_A2, PROG_A3, PROG_OP,
     SEG_DLEN, SEG_DOFF, SEG_EVMASK, SEG_LLEN, SEG_LOFF, SEG_PLEN, SEG_POFF, SEG_SLOT,
     SEG_TIMEDEP, SEG_TRMASK, STEP_FLEN, STEP_FOFF, STEP_TYPE)
 from ._store import NO_BLOCK, _upper_bound, h_len, h_off, h_start
@@ -40,6 +40,7 @@ from ._store import NO_BLOCK, _upper_bound, h_len, h_off, h_start
 INF_MS = np.iinfo(np.int64).max
 TIMER_LEVELS = 3      # timer levels per row (``_run``): 16 bytes a row for each beyond the first
 DAY_MS = 86_400_000
+SMALL_VALUES = 16     # distinct values a window's value-frequency aggregate counts in a table
 
 # Helpers that never allocate are compiled with ``_nrt=False``: without it, Numba increments
 # and decrements an atomic reference count for every array argument of every call, which
@@ -375,10 +376,96 @@ def _leaf_values(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, keys
     """Value-frequency aggregates over a property's non-null values: ``distinct`` (number of
     values), ``top_count`` (count of the most frequent), ``affinity`` (the most frequent,
     ties to the latest), ``affinity_score`` / ``affinity_rank`` of VALUE (``consts[LEAF_AUX]``).
-    """
+
+    ``distinct``, ``top_count`` and ``affinity`` count the values in a small table while they
+    scan (keys[:nu], and count << 32 | latest index in idx[:nu]); a window with more than
+    ``SMALL_VALUES`` distinct values is collected again and sorted (``_sort_pairs``). Both give the same answer: the most
+    frequent value with the latest event among equals is unique whatever the order."""
     kind = leaves[j, LEAF_KIND]
     col = leaves[j, LEAF_COL]
     win = leaves[j, LEAF_WINDOW]
+    foff = leaves[j, LEAF_FOFF]
+    flen = leaves[j, LEAF_FLEN]
+    small = kind == L_DISTINCT or kind == L_TOP or kind == L_AFF
+    cnt = 0
+    nk = 0
+    nu = 0       # distinct values in the small table: keys[:nu], idx[:nu] = count << 32 | latest k
+    for k in range(lo, hi):
+        e = off + k * w
+        if flen != 0 and not _match(arena, e, foff, flen, fprog, consts, fst):
+            continue
+        mt[cnt] = e
+        cnt += 1
+        v = arena[e + col]
+        if kind_of(v) == K_NULL:
+            continue
+        key = f2i(v)
+        if small:
+            u = 0
+            while u < nu and keys[u] != key:
+                u += 1
+            if u < nu:
+                idx[u] = (((idx[u] >> 32) + 1) << 32) | k
+                continue
+            if nu < SMALL_VALUES:
+                keys[nu] = key
+                idx[nu] = (np.int64(1) << 32) | k
+                nu += 1
+                continue
+            small = False           # too many values: collect them all again, to sort them
+            cnt, nk = _collect_values(j, leaves, fprog, consts, arena, off, w, lo, hi, fst, keys, idx, mt)
+            break
+        keys[nk] = key
+        idx[nk] = k
+        nk += 1
+    if small:
+        nk = nu
+    if nk == 0:
+        val = null_value() if kind == L_AFF or kind == L_AFF_SCORE or kind == L_AFF_RANK else 0.0
+    elif kind == L_AFF_SCORE:
+        val = _affinity_score(keys, idx, nk, f2i(consts[leaves[j, LEAF_AUX]]), arena, off, w, win)
+    elif kind == L_AFF_RANK:
+        val = _affinity_rank(keys, idx, nk, f2i(consts[leaves[j, LEAF_AUX]]))
+    else:
+        runs = 0
+        top = 0
+        top_key = np.int64(0)
+        top_last = -1
+        if small:
+            runs = nu
+            for u in range(nu):
+                run = idx[u] >> 32
+                last = idx[u] & 0xFFFFFFFF
+                if run > top or (run == top and last > top_last):
+                    top = run
+                    top_key = keys[u]
+                    top_last = last
+        else:  # over the collected (value bits, event index) pairs, sorted by value
+            _sort_pairs(keys, idx, nk)
+            i = 0
+            while i < nk:
+                key = keys[i]
+                i, run, last = _run_of(keys, idx, i, nk)
+                runs += 1
+                if run > top or (run == top and last > top_last):
+                    top = run
+                    top_key = key
+                    top_last = last
+        if kind == L_DISTINCT:
+            val = float(runs)
+        elif kind == L_TOP:
+            val = float(top)
+        else:
+            val = i2f(top_key)
+    return val, 0.0, _departure(j, leaves, consts, arena, win, col, val, cnt, mt, nxt,
+                                kind == L_DISTINCT or kind == L_TOP)
+
+
+@njit(cache=True, _nrt=False)
+def _collect_values(j, leaves, fprog, consts, arena, off, w, lo, hi, fst, keys, idx, mt):
+    """The matching events of leaf ``j`` in ``lo:hi`` (word positions into ``mt``) and their
+    non-null values (bits into ``keys``, event index into ``idx``): (matches, values)."""
+    col = leaves[j, LEAF_COL]
     foff = leaves[j, LEAF_FOFF]
     flen = leaves[j, LEAF_FLEN]
     cnt = 0
@@ -394,35 +481,7 @@ def _leaf_values(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, keys
             keys[nk] = f2i(v)
             idx[nk] = k
             nk += 1
-    if nk == 0:
-        val = null_value() if kind == L_AFF or kind == L_AFF_SCORE or kind == L_AFF_RANK else 0.0
-    elif kind == L_AFF_SCORE:
-        val = _affinity_score(keys, idx, nk, f2i(consts[leaves[j, LEAF_AUX]]), arena, off, w, win)
-    elif kind == L_AFF_RANK:
-        val = _affinity_rank(keys, idx, nk, f2i(consts[leaves[j, LEAF_AUX]]))
-    else:  # over the collected (value bits, event index) pairs, sorted by value
-        _sort_pairs(keys, idx, nk)
-        runs = 0
-        top = 0
-        top_key = np.int64(0)
-        top_last = -1
-        i = 0
-        while i < nk:
-            key = keys[i]
-            i, run, last = _run_of(keys, idx, i, nk)
-            runs += 1
-            if run > top or (run == top and last > top_last):
-                top = run
-                top_key = key
-                top_last = last
-        if kind == L_DISTINCT:
-            val = float(runs)
-        elif kind == L_TOP:
-            val = float(top)
-        else:
-            val = i2f(top_key)
-    return val, 0.0, _departure(j, leaves, consts, arena, win, col, val, cnt, mt, nxt,
-                                kind == L_DISTINCT or kind == L_TOP)
+    return cnt, nk
 
 
 @njit(cache=True, _nrt=False)
@@ -644,8 +703,16 @@ def _sequence(j, r, now, leaves, steps, fprog, consts, arena, width, h, fst):
 
 
 @njit(cache=True, _nrt=False)
-def _program(r, now, poff, plen, prog, consts, lv, ls, lnx, traits, member, vst, sst, nst):
-    """Run a segment's program for row ``r``; returns (boxed value, next possible change).
+def _program(r, now, poff, plen, prog, consts, lv, ls, lnx, traits, member, vst, sst, nst,
+             lazy, loff, retention_ms, leaves, steps, fprog, arena, width, h, fst, keys, idx, mt):
+    """Run a segment's program ``prog[poff:poff+plen]`` for row ``r``; returns (boxed value,
+    next possible change).
+
+    Leaves: with ``lazy``, each ``OP_LEAF`` evaluates its leaf (``_leaf``, leaf ``loff + a1``
+    over the user's events: ``retention_ms`` ... ``mt`` are ``_leaf``'s arguments) when the
+    program reaches it, and an ``OP_SKIP`` that finds its and/or decided jumps over the
+    operands left, whose leaves are then never evaluated. Without ``lazy`` the leaves' values,
+    slopes and next changes are read from ``lv``, ``ls``, ``lnx`` (a test gives them).
 
     Every stack entry carries its value, its slope and the earliest time it may change by
     time alone (``nst``). Comparisons add the time their affine operands cross. A false
@@ -654,19 +721,39 @@ def _program(r, now, poff, plen, prog, consts, lv, ls, lnx, traits, member, vst,
     segment by something time cannot change (a trait, a count that only events can raise)
     gets no timer from the rest of the expression."""
     sp = 0
-    for pc in range(poff, poff + plen):
-        op = prog[pc, PROG_OP]
-        a1 = prog[pc, PROG_A1]
+    pc = poff
+    end = poff + plen
+    while pc < end:
+        ip = pc
+        op = prog[ip, PROG_OP]
+        a1 = prog[ip, PROG_A1]
+        pc += 1
         if op == OP_CONST:
             vst[sp] = consts[a1]
             sst[sp] = 0.0
             nst[sp] = INF_MS
             sp += 1
         elif op == OP_LEAF:
-            vst[sp] = lv[a1]
-            sst[sp] = ls[a1]
-            nst[sp] = lnx[a1]
+            if lazy:
+                vst[sp], sst[sp], nst[sp] = _leaf(loff + a1, r, now, retention_ms, leaves, steps, fprog, consts,
+                                                  arena, width, h, fst, keys, idx, mt)
+            else:
+                vst[sp] = lv[a1]
+                sst[sp] = ls[a1]
+                nst[sp] = lnx[a1]
             sp += 1
+        elif op == OP_SKIP:
+            # an operand of an and (a3 = 1) / or (a3 = 0) that is false / true and cannot change
+            # by time alone decides it, with the same value and time as the whole: pop this
+            # and/or's a2 operands so far, push its result, jump a1 instructions past this one
+            x = vst[sp - 1]
+            if nst[sp - 1] == INF_MS and is_true(x) != (prog[ip, PROG_A3] != 0):
+                sp -= prog[ip, PROG_A2]
+                vst[sp] = bool_value(prog[ip, PROG_A3] == 0)
+                sst[sp] = 0.0
+                nst[sp] = INF_MS
+                sp += 1
+                pc += a1
         elif op == OP_TRAIT:
             vst[sp] = traits[r, a1]
             sst[sp] = 0.0
@@ -678,7 +765,7 @@ def _program(r, now, poff, plen, prog, consts, lv, ls, lnx, traits, member, vst,
             if kind_of(v) != K_NUMBER:
                 vst[sp] = null_value()
                 sst[sp] = 0.0
-            elif prog[pc, PROG_A2] > 0:
+            elif prog[ip, PROG_A2] > 0:
                 vst[sp] = number_or_null(float(now) - v)
                 sst[sp] = 1.0 if math.isfinite(v) else 0.0
             else:
@@ -691,8 +778,8 @@ def _program(r, now, poff, plen, prog, consts, lv, ls, lnx, traits, member, vst,
             nst[sp] = INF_MS
             sp += 1
         elif op == OP_NEAR:
-            lat = traits[r, prog[pc, PROG_A2]]
-            lon = traits[r, prog[pc, PROG_A3]]
+            lat = traits[r, prog[ip, PROG_A2]]
+            lon = traits[r, prog[ip, PROG_A3]]
             inside = False
             if kind_of(lat) == K_NUMBER and kind_of(lon) == K_NUMBER:
                 inside = haversine_m(lat, lon, consts[a1], consts[a1 + 1]) <= consts[a1 + 2]
@@ -766,10 +853,10 @@ def _program(r, now, poff, plen, prog, consts, lv, ls, lnx, traits, member, vst,
             x = vst[sp - 1]
             t = nst[sp - 1]
             if kind_of(x) == K_NUMBER and sst[sp - 1] != 0.0:
-                for c in range(a1, a1 + prog[pc, PROG_A2]):
+                for c in range(a1, a1 + prog[ip, PROG_A2]):
                     if kind_of(consts[c]) == K_NUMBER:
                         t = _cross(x, sst[sp - 1], consts[c], 0.0, now, t)
-            vst[sp - 1] = _in(x, consts, a1, prog[pc, PROG_A2], prog[pc, PROG_A3])
+            vst[sp - 1] = _in(x, consts, a1, prog[ip, PROG_A2], prog[ip, PROG_A3])
             sst[sp - 1] = 0.0
             nst[sp - 1] = t
         elif op == OP_BETWEEN:
@@ -818,7 +905,7 @@ def _program(r, now, poff, plen, prog, consts, lv, ls, lnx, traits, member, vst,
                 vst[sp - 1] = consts[a1 + 4]
             sst[sp - 1] = 0.0
         elif op == OP_RFM:
-            mode = prog[pc, PROG_A2]
+            mode = prog[ip, PROG_A2]
             if mode == RFM_F:
                 cnt = vst[sp - 1]
                 x = cnt
@@ -995,13 +1082,10 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
                         break
             if not need:
                 continue
-            loff = seg_tab[s, SEG_LOFF]
-            for q in range(seg_tab[s, SEG_LLEN]):
-                lv[q], ls[q], lnx[q] = _leaf(loff + q, r, now, retention_ms, leaves, steps, fprog, consts,
-                                             arena, width, h, fst, keys, idx, mt)
-            # leaf indices in the program are relative to the segment's first leaf
-            val, nxt = _program(r, now, seg_tab[s, SEG_POFF], seg_tab[s, SEG_PLEN], prog, consts, lv, ls, lnx, traits,
-                                member, vst, sst, nst)
+            # leaves are evaluated as the program reaches them (lazy): a decided and/or skips some
+            val, nxt = _program(r, now, seg_tab[s, SEG_POFF], seg_tab[s, SEG_PLEN], prog, consts, lv, ls, lnx,
+                                traits, member, vst, sst, nst, True, seg_tab[s, SEG_LOFF], retention_ms,
+                                leaves, steps, fprog, arena, width, h, fst, keys, idx, mt)
             res = is_true(val)
             if dry:
                 if not res:
@@ -1124,12 +1208,9 @@ def _values_chunk(rows, a, b, seg_tab, prog, consts, leaves, steps, fprog, arena
                     prefetch(arena, h_off(hd) + h_start(hd) * width[t])
         r = rows[i]
         for s in range(nf):
-            loff = seg_tab[s, SEG_LOFF]
-            for q in range(seg_tab[s, SEG_LLEN]):
-                lv[q], ls[q], lnx[q] = _leaf(loff + q, r, now, retention_ms, leaves, steps, fprog, consts,
-                                             arena, width, h, fst, keys, idx, mt)
-            val, _ = _program(r, now, seg_tab[s, SEG_POFF], seg_tab[s, SEG_PLEN], prog, consts, lv, ls, lnx, traits,
-                              member, vst, sst, nst)
+            val, _ = _program(r, now, seg_tab[s, SEG_POFF], seg_tab[s, SEG_PLEN], prog, consts, lv, ls, lnx,
+                              traits, member, vst, sst, nst, True, seg_tab[s, SEG_LOFF], retention_ms,
+                              leaves, steps, fprog, arena, width, h, fst, keys, idx, mt)
             k = kind_of(val)
             if k == K_NUMBER:
                 out[i, s] = val

@@ -73,12 +73,14 @@ PROG_NCOLS = 4
 # OP_EXISTS_TRAIT a1=trait column; OP_TRAIT_TIME a1=trait column, a2=+1 since / -1 until;
 # OP_NEAR a1=first of 3 consts (lat, lon, metres), a2/a3=lat/lon trait columns; OP_SEG
 # a1=membership slot; OP_PROP / OP_EXISTS_PROP (filters) a1=arena column; OP_IN a1=first
-# const, a2=count, a3=negated; OP_AND / OP_OR a1=number of operands.
+# const, a2=count, a3=negated; OP_AND / OP_OR a1=number of operands; OP_SKIP (after an
+# operand of an and/or, not the last): a1=instructions to jump (to just past the and/or),
+# a2=the and/or's operands on the stack so far, a3=1 for and / 0 for or.
 OP_CONST, OP_LEAF, OP_TRAIT, OP_TRAIT_TIME, OP_EXISTS_TRAIT, OP_NEAR, OP_SEG = 1, 2, 3, 4, 5, 6, 7
 OP_PROP, OP_EXISTS_PROP = 8, 9
 OP_NEG, OP_ADD, OP_SUB, OP_MUL, OP_DIV = 10, 11, 12, 13, 14
 OP_EQ, OP_NE, OP_LT, OP_LE, OP_GT, OP_GE, OP_IN, OP_BETWEEN = 20, 21, 22, 23, 24, 25, 26, 27
-OP_AND, OP_OR, OP_NOT = 30, 31, 32
+OP_AND, OP_OR, OP_NOT, OP_SKIP = 30, 31, 32, 33
 OP_BUCKET = 40   # a1: first of 5 consts (high cut, medium cut, "high", "medium", "low")
 # a1: first of the source's RFM constants, a2: the mode (engine._rfm): RFM_F pops a count;
 # RFM_R / RFM_M / RFM_TIER pop a count and a metric (since / sum / since). Constants: 4
