@@ -40,6 +40,7 @@ from engine.kernels._strings import (
     split_strings_report,
     string_problem,
 )
+from engine._packed import packable, reduce_arrays, restore_arrays
 from engine._coded import BOOL, NUMBER, STRING, CodedStrings, CodedValues, split_coded
 from engine.limits import DEFAULT_LIMITS, LimitExceeded, Limits, NameBudget, format_bytes
 
@@ -169,6 +170,26 @@ class EventColumns:
         if len(self.timestamp_ms) == 0:
             return default
         return int(self.timestamp_ms.max())
+
+    def __reduce_ex__(self, protocol):
+        """Pickled with its arrays as raw buffers (``engine._packed``): a round's steps go to
+        every shard pickled, and numpy's own pickling costs a few microseconds an array."""
+        names = list(self.props)
+        arrays = (_string_arrays(self.user) + _string_arrays(self.type) + [self.timestamp_ms, self.value]
+                  + _string_arrays(self.prop_strings) + [self.props[k] for k in names])
+        if not packable(arrays):
+            return object.__reduce_ex__(self, protocol)
+        return _unpack_events, (*reduce_arrays(arrays, protocol), tuple(names))
+
+
+def _string_arrays(col: StringColumn) -> list[np.ndarray]:
+    return [col.blob, col.offsets, col.hashes, col.codes]
+
+
+def _unpack_events(bufs, layout, names: tuple) -> EventColumns:
+    a = restore_arrays(bufs, layout)
+    return EventColumns(StringColumn(*a[0:4]), StringColumn(*a[4:8]), a[8], a[9],
+                        dict(zip(names, a[14:])), StringColumn(*a[10:14]))
 
 
 @dataclass

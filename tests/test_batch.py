@@ -468,6 +468,31 @@ def test_columns_pickle():
     assert decode_traits(pickle.loads(pickle.dumps(t))) == decode_traits(t)
 
 
+def _arrays(cols: EventColumns) -> list[np.ndarray]:
+    out = [cols.timestamp_ms, cols.value, *cols.props.values()]
+    for sc in (cols.user, cols.type, cols.prop_strings):
+        out += [sc.blob, sc.offsets, sc.hashes, sc.codes]
+    return out
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_columns_pickle_as_one_buffer(protocol):
+    """EventColumns pickle as one buffer of all their arrays: every array comes back equal,
+    with its dtype and shape, writable and aligned (the kernels take them as they are)."""
+    cols = _sample_cols()
+    for c in (cols, EventColumns.empty(), cols.take(np.array([1], dtype=np.int64))):
+        back = pickle.loads(pickle.dumps(c, protocol=protocol))
+        assert decode_events(back) == decode_events(c)
+        assert list(back.props) == list(c.props)
+        for a, b in zip(_arrays(c), _arrays(back)):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            assert a.tobytes() == b.tobytes()
+            assert b.flags.writeable and b.flags.aligned and b.ctypes.data % 8 == 0
+        back.timestamp_ms[:] = 0          # the arrays own separate parts of the buffer
+        assert decode_events(back)[:1] != decode_events(c)[:1] or len(c) == 0
+        assert back.value.tolist() == c.value.tolist()
+
+
 # --------------------------------------------------------------------- events_from_dicts
 
 
