@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._packed import reduce_arrays, restore_arrays
+
 from .errors import SequenceTooOld
 
 ENTER, EXIT = 1, 2
@@ -40,6 +42,11 @@ class Delta:
     cause: str
 
 
+def _restore_deltas(segments, user_ids, bufs, layout) -> "DeltaBatch":
+    kind, cause, at_ms = restore_arrays(bufs, layout)
+    return DeltaBatch(segments, user_ids, kind, cause, at_ms)
+
+
 @dataclass
 class DeltaBatch:
     """The membership flips of one operation on one shard, in order, without sequence numbers."""
@@ -52,6 +59,12 @@ class DeltaBatch:
 
     def __len__(self) -> int:
         return len(self.user_ids)
+
+    def __reduce_ex__(self, protocol):
+        """Pickled (a shard's results to the gateway) with its arrays as raw buffers
+        (``engine._packed``)."""
+        arrays = [np.asarray(self.kind), np.asarray(self.cause), np.asarray(self.at_ms)]
+        return _restore_deltas, (list(self.segments), list(self.user_ids), *reduce_arrays(arrays, protocol))
 
     @staticmethod
     def concat(batches: list["DeltaBatch"]) -> "DeltaBatch":
