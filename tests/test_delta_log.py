@@ -65,3 +65,19 @@ def test_many_small_chunks_are_dropped_and_compacted():
         _check_read(log, every, 10, after, {"b"}, 2)
     first, nxt, batch = log.export()
     assert (first, nxt, len(batch)) == (4991, 5001, 10)
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_delta_batch_pickles_with_its_dtypes(protocol):
+    """A shard's DeltaBatch goes to the gateway pickled: lists and arrays come back equal,
+    with their dtypes, and the arrays writable."""
+    import pickle
+
+    b = DeltaBatch(["s", "t"], ["u1", "u2"], np.array([1, 2], np.int8), np.array([1, 3], np.int8),
+                   np.array([5, 6], np.int64))
+    for x in (b, DeltaBatch()):
+        y = pickle.loads(pickle.dumps(x, protocol=protocol))
+        assert (y.segments, y.user_ids) == (x.segments, x.user_ids)
+        for f in ("kind", "cause", "at_ms"):
+            a, c = getattr(x, f), getattr(y, f)
+            assert a.dtype == c.dtype and a.tolist() == c.tolist() and c.flags.writeable
