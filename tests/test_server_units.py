@@ -553,3 +553,30 @@ def test_a_shard_applies_a_large_batch_in_parts_with_reads_let_in_between():
     assert sum(map(len, whole[0])) > 0 and whole[1:] == parts[1:]
     for u in (f"u{k}" for k in range(40)):
         assert hosts[0].user_view(u) == hosts[1].user_view(u)
+
+
+def _string_column(pieces: list[bytes], codes) -> "pb.StringColumn":
+    offsets = np.zeros(len(pieces) + 1, np.int64)
+    np.cumsum([len(p) for p in pieces], out=offsets[1:])
+    return pb.StringColumn(blob=b"".join(pieces), offsets=offsets.tobytes(),
+                           codes=np.asarray(codes, np.int32).tobytes())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet=st.sampled_from("ab\0\u015f\u65e5"), max_size=4), min_size=1,
+                max_size=codec.SMALL_DECODE + 40, unique=True))
+def test_decode_strings_small_and_large_columns_agree(strings):
+    """A string column decodes to its strings whether it is decoded by slices (few strings,
+    ASCII) or by one split (many strings, or non-ASCII), NULs and multi-byte text included."""
+    col = _string_column([s.encode() for s in strings], list(range(len(strings))) + [-1])
+    got = codec.decode_strings(col, len(strings) + 1, "ids")
+    assert list(got.uniques) == strings and got.codes.tolist() == list(range(len(strings))) + [-1]
+
+
+def test_decode_strings_refuses_an_offset_inside_a_character():
+    """A blob that is UTF-8 as a whole but cut inside a character is refused."""
+    col = _string_column(["\u015f".encode()[:1], "\u015f".encode()[1:]], [0, 1])
+    with pytest.raises(codec.ColumnsError, match="not valid UTF-8"):
+        codec.decode_strings(col, 2, "ids")
+    ok = codec.decode_strings(_string_column([b"x", "\u015f".encode()], [1, 0]), 2, "ids")
+    assert list(ok.uniques) == ["x", "\u015f"]

@@ -165,6 +165,9 @@ def encode_strings(values: Sequence[Any] | np.ndarray, out: "pb.StringColumn") -
     out.codes = codes.tobytes()
 
 
+SMALL_DECODE = 128   # up to this many strings a column is decoded by slicing (measured crossover ~250)
+
+
 def decode_strings(col: "pb.StringColumn", n: int, what: str) -> CodedStrings:
     """-> n strings, dictionary-coded as they came (code -1: None). ColumnsError when the
     codes, offsets and blob do not fit together or the blob is not UTF-8."""
@@ -180,6 +183,13 @@ def decode_strings(col: "pb.StringColumn", n: int, what: str) -> CodedStrings:
     if n and (codes.min(initial=0) < -1 or codes.max(initial=-1) >= k):
         raise ColumnsError(f"columns: {what} has a code outside its {k} strings")
     try:
+        if k <= SMALL_DECODE:
+            # few strings (a small request): one decode, then slices; byte offsets are
+            # character offsets when the text is ASCII
+            text = blob.decode("utf-8")
+            if len(text) == len(blob):
+                bounds = offsets.tolist()
+                return CodedStrings([text[bounds[j]:bounds[j + 1]] for j in range(k)], codes.astype(np.int32))
         raw = np.frombuffer(blob, dtype=np.uint8)
         if k > 1 and not np.any(raw == 0):
             # one C-speed decode: put NUL separators at the boundaries, then split on them
