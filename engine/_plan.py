@@ -200,23 +200,24 @@ class _Compiler:
             raise ExpressionError(line, col, f"{type(n).__name__} cannot be evaluated by this engine version")
 
     def bool_op(self, n: A.BoolOp) -> None:
-        """``and`` / ``or``: the operands cheapest first , each but the last followed
-        by an ``OP_SKIP`` when a later one reads events (``operand_order``, ``eval_cost``). An and/or's value and next change do
-        not depend on its operands' order (``_program``), and an operand that decides it and
-        cannot change by time alone decides it exactly: the skipped operands' leaves are never
+        """``and`` / ``or``: the operands cheapest first (``operand_order``), each but the last
+        followed by an ``OP_SKIP`` when the operands read events at all (the last, dearest
+        one costs something: ``eval_cost``). An and/or's value and next change do not depend
+        on its operands' order (``_program``), and an operand that decides it and cannot
+        change by time alone decides it exactly: the skipped operands' leaves are never
         evaluated, and the result is the same value with the same time."""
         ops = operand_order(n)
         is_and = n.op == "and"
-        skips = []
+        skip = eval_cost(ops[-1]) > 0
+        skips = []                    # (pc of the OP_SKIP, operands on the stack there)
         for k, o in enumerate(ops):
             self.expr(o)
-            if k + 1 < len(ops) and any(eval_cost(x) > 0 for x in ops[k + 1:]):
-                skips.append(len(self.prog))
-                self.emit(K.OP_SKIP, 0, k + 1, int(is_and))
+            if skip and k + 1 < len(ops):
+                skips.append((len(self.prog), k + 1))
+                self.emit(K.OP_SKIP)
         self.emit(K.OP_AND if is_and else K.OP_OR, len(ops), push=1 - len(ops))
-        for pc in skips:  # jump to just past the and/or
-            self.prog[pc] = _prog_row(K.OP_SKIP, len(self.prog) - pc - 1, self.prog[pc][LY.PROG_A2],
-                                      self.prog[pc][LY.PROG_A3])
+        for pc, on_stack in skips:    # each jumps to just past the and/or
+            self.prog[pc] = _prog_row(K.OP_SKIP, len(self.prog) - pc - 1, on_stack, int(is_and))
 
     def model_call(self, n: A.ModelCall) -> None:
         """A model's score is a hidden trait column that the shard writes after scoring, so a

@@ -40,7 +40,7 @@ from ._store import NO_BLOCK, _upper_bound, h_len, h_off, h_start
 INF_MS = np.iinfo(np.int64).max
 TIMER_LEVELS = 3      # timer levels per row (``_run``): 16 bytes a row for each beyond the first
 DAY_MS = 86_400_000
-SMALL_VALUES = 16     # distinct values a window's value-frequency aggregate counts in a table
+SMALL_VALUES = 16     # distinct values a value-frequency aggregate counts in a table (``_count_few``)
 
 # Helpers that never allocate are compiled with ``_nrt=False``: without it, Numba increments
 # and decrements an atomic reference count for every array argument of every call, which
@@ -378,47 +378,18 @@ def _leaf_values(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, keys
     ties to the latest), ``affinity_score`` / ``affinity_rank`` of VALUE (``consts[LEAF_AUX]``).
 
     ``distinct``, ``top_count`` and ``affinity`` count the values in a small table while they
-    scan (keys[:nu], and count << 32 | latest index in idx[:nu]); a window with more than
-    ``SMALL_VALUES`` distinct values is collected again and sorted (``_sort_pairs``). Both give the same answer: the most
-    frequent value with the latest event among equals is unique whatever the order."""
+    scan (``_count_few``); a window with more than ``SMALL_VALUES`` distinct values is
+    collected (``_collect_values``) and sorted. Both give the same answer: the most frequent
+    value with the latest event among equals is unique whatever the order."""
     kind = leaves[j, LEAF_KIND]
     col = leaves[j, LEAF_COL]
     win = leaves[j, LEAF_WINDOW]
-    foff = leaves[j, LEAF_FOFF]
-    flen = leaves[j, LEAF_FLEN]
-    small = kind == L_DISTINCT or kind == L_TOP or kind == L_AFF
-    cnt = 0
-    nk = 0
-    nu = 0       # distinct values in the small table: keys[:nu], idx[:nu] = count << 32 | latest k
-    for k in range(lo, hi):
-        e = off + k * w
-        if flen != 0 and not _match(arena, e, foff, flen, fprog, consts, fst):
-            continue
-        mt[cnt] = e
-        cnt += 1
-        v = arena[e + col]
-        if kind_of(v) == K_NULL:
-            continue
-        key = f2i(v)
-        if small:
-            u = 0
-            while u < nu and keys[u] != key:
-                u += 1
-            if u < nu:
-                idx[u] = (((idx[u] >> 32) + 1) << 32) | k
-                continue
-            if nu < SMALL_VALUES:
-                keys[nu] = key
-                idx[nu] = (np.int64(1) << 32) | k
-                nu += 1
-                continue
-            small = False           # too many values: collect them all again, to sort them
-            cnt, nk = _collect_values(j, leaves, fprog, consts, arena, off, w, lo, hi, fst, keys, idx, mt)
-            break
-        keys[nk] = key
-        idx[nk] = k
-        nk += 1
-    if small:
+    nu = -1
+    if kind == L_DISTINCT or kind == L_TOP or kind == L_AFF:
+        cnt, nu = _count_few(j, leaves, fprog, consts, arena, off, w, lo, hi, fst, keys, idx, mt)
+    if nu < 0:
+        cnt, nk = _collect_values(j, leaves, fprog, consts, arena, off, w, lo, hi, fst, keys, idx, mt)
+    else:
         nk = nu
     if nk == 0:
         val = null_value() if kind == L_AFF or kind == L_AFF_SCORE or kind == L_AFF_RANK else 0.0
@@ -431,7 +402,7 @@ def _leaf_values(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, keys
         top = 0
         top_key = np.int64(0)
         top_last = -1
-        if small:
+        if nu >= 0:   # the table: keys[:nu], idx[:nu] = count << 32 | latest event index
             runs = nu
             for u in range(nu):
                 run = idx[u] >> 32
@@ -440,7 +411,7 @@ def _leaf_values(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, keys
                     top = run
                     top_key = keys[u]
                     top_last = last
-        else:  # over the collected (value bits, event index) pairs, sorted by value
+        else:         # the collected (value bits, event index) pairs, sorted by value
             _sort_pairs(keys, idx, nk)
             i = 0
             while i < nk:
@@ -459,6 +430,41 @@ def _leaf_values(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, keys
             val = i2f(top_key)
     return val, 0.0, _departure(j, leaves, consts, arena, win, col, val, cnt, mt, nxt,
                                 kind == L_DISTINCT or kind == L_TOP)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _count_few(j, leaves, fprog, consts, arena, off, w, lo, hi, fst, keys, idx, mt):
+    """The matching events of leaf ``j`` in ``lo:hi`` (word positions into ``mt``) and their
+    non-null values counted in a table of at most ``SMALL_VALUES``: ``keys[:nu]`` the value
+    bits, ``idx[:nu]`` count << 32 | the latest event index. -> (matches, nu), or (0, -1)
+    when the window holds more distinct values. Inlined into ``_leaf_values``: as a call it
+    cost 11-21 % of the 20-segment evaluation (captured batches, same process)."""
+    col = leaves[j, LEAF_COL]
+    foff = leaves[j, LEAF_FOFF]
+    flen = leaves[j, LEAF_FLEN]
+    cnt = 0
+    nu = 0
+    for k in range(lo, hi):
+        e = off + k * w
+        if flen != 0 and not _match(arena, e, foff, flen, fprog, consts, fst):
+            continue
+        mt[cnt] = e
+        cnt += 1
+        v = arena[e + col]
+        if kind_of(v) == K_NULL:
+            continue
+        key = f2i(v)
+        u = 0
+        while u < nu and keys[u] != key:
+            u += 1
+        if u == nu:
+            if nu == SMALL_VALUES:
+                return 0, -1
+            keys[u] = key
+            idx[u] = 0
+            nu += 1
+        idx[u] = (((idx[u] >> 32) + 1) << 32) | k
+    return cnt, nu
 
 
 @njit(cache=True, _nrt=False)
