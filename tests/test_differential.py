@@ -641,6 +641,40 @@ def test_affinity_score_and_rank(engine_factory):
     assert p.ref.evaluate("eve", parse('affinity_rank(buy.cat, "1", 2d)')) == 1.0
 
 
+@settings(max_examples=60)
+@given(data=st.data())
+def test_value_tables_with_many_distinct_values(engine_factory, data):
+    """distinct / top_count / affinity over windows holding more distinct values than the
+    kernel searches one by one (SMALL_VALUES, 16): strings then get one slot each, and the
+    numbers and booleans mixed among them are still searched one by one (past 16 of those,
+    the values are sorted). Checked after every batch and at every clock stop."""
+    p = Pair(engine_factory)
+    for name, text in (
+        ("many", "distinct(buy.cat, 1d) >= 18"),
+        ("few", "distinct(buy.cat where price > 1, 1d) < 12"),
+        ("top", "top_count(buy.cat, 1d) >= 3"),
+        ("aff", 'affinity(buy.cat, 1d) == "c3"'),
+        ("num", "affinity(buy.cat, 1d) == 7"),
+        ("rank", 'affinity_rank(buy.cat, "c1", 1d) <= 2'),
+    ):
+        p.create(name, text)
+    strings = [f"c{k}" for k in range(data.draw(st.integers(10, 40), label="strings"))]
+    numbers = [float(k) for k in range(data.draw(st.sampled_from((0, 3, 20)), label="numbers"))]
+    value = st.sampled_from(strings + numbers + [True]) if numbers else st.sampled_from(strings)
+    now = B
+    for _ in range(data.draw(st.integers(1, 6), label="batches")):
+        batch = []
+        for _ in range(data.draw(st.integers(1, 80), label="events")):
+            props = {"price": data.draw(st.sampled_from((1.0, 2.0)), label="price")}
+            if data.draw(st.integers(0, 9), label="has_cat"):
+                props["cat"] = data.draw(value, label="cat")
+            batch.append(ev(data.draw(st.sampled_from(USERS[:2] + USERS[:1]), label="user"), "buy",
+                            now - data.draw(st.integers(0, 20), label="age") * H, **props))
+        p.ingest(batch)
+        now += data.draw(st.sampled_from((M, H, 6 * H, D)), label="step")
+        p.advance(now)
+
+
 def test_segments_reference_replace_and_delete(engine_factory):
     p = Pair(engine_factory)
     p.ingest([ev("u", "buy", B, 50.0), ev("v", "buy", B, 5.0)])

@@ -68,17 +68,20 @@ def same(a, b, approx=False) -> bool:
 @st.composite
 def event_lists(draw):
     unit = draw(st.sampled_from(UNITS))
-    # a few values in short lists; sometimes more distinct values than the kernel's small
-    # table holds (SMALL_VALUES), so that its sorting path runs too
-    many = draw(st.booleans())
-    ks = sorted(draw(st.lists(st.integers(0, 20), max_size=40 if many else 12)))
-    skus = st.integers(0, 40 if many else 2)
+    # a few values in short lists; sometimes more distinct values than the kernel searches
+    # one by one (SMALL_VALUES), so that its string slots and its sorting path run too;
+    # strings and numbers mixed in the sku column
+    size = draw(st.sampled_from(("few", "many", "long")))
+    ks = sorted(draw(st.lists(st.integers(0, 20), min_size=60 if size == "long" else 0,
+                              max_size={"few": 12, "many": 40, "long": 150}[size])))
+    skus = st.integers(0, {"few": 2, "many": 40, "long": 30}[size])
+    nums = skus if size != "long" else st.integers(0, draw(st.sampled_from((3, 30))))
     events = [N.Event(BASE + k * unit,
                       draw(st.one_of(st.none(), st.sampled_from(DYADIC))),
-                      draw(st.one_of(st.none(), st.builds(N.Str, skus))))
+                      draw(st.one_of(st.none(), st.builds(N.Str, skus), nums.map(float))))
               for k in ks]
     now = BASE + draw(st.integers(0, 24)) * unit
-    window = draw(st.integers(1, 10)) * unit
+    window = draw(st.integers(1, 10) if size != "long" else st.integers(8, 30)) * unit
     return events, now, window
 
 
@@ -93,9 +96,11 @@ def arena_of(events):
 
 
 def run_leaf(events, now, retention_ms, kind, window, *, col=0, filt=None, aux=(0, 0),
-             cmp=(0, 0), consts=()):
+             cmp=(0, 0), consts=(), slots=64):
     """The ``_leaf`` kernel on one leaf row over ``events``; ``filt`` = the minimum of ``num``
-    (a where filter ``num >= c``, its constant first in ``consts``)."""
+    (a where filter ``num >= c``, its constant first in ``consts``); ``slots`` string slots
+    (codes from ``slots`` on are looked up as other values are). The slots are all 0 again
+    afterwards."""
     consts = list(consts)
     fprog = np.zeros((0, LY.PROG_NCOLS), np.int64)
     foff = flen = 0
@@ -111,10 +116,12 @@ def run_leaf(events, now, retention_ms, kind, window, *, col=0, filt=None, aux=(
     row[0, LY.LEAF_CMP_OP], row[0, LY.LEAF_CMP_CONST] = cmp
     arena, width, h = arena_of(events)
     n = len(events) + 1
+    mt = K._positions(n, slots)
     val, slope, nxt = K._leaf(0, 0, now, retention_ms, row, np.zeros((0, LY.STEP_NCOLS), np.int64), fprog,
                               np.array([box(c) for c in consts] or [0.0], np.float64), arena, width, h,
                               np.empty(LY.MAX_STACK, np.float64), np.empty(n, np.int64),
-                              np.empty(n, np.int64), np.empty(n, np.int64))
+                              np.empty(n, np.int64), mt)
+    assert not mt[n:].any()
     return unbox(val), slope, int(nxt)
 
 
@@ -127,16 +134,18 @@ filters = st.one_of(st.none(), st.sampled_from(DYADIC))
 
 @pytest.mark.parametrize("func", sorted(FUNCS))
 @SETTINGS
-@given(inp=event_lists(), filt=filters, value=st.builds(N.Str, st.integers(0, 3)))
-def test_leaf_aggregates_match_their_definitions(func, inp, filt, value):
-    """Value and next discontinuity of every window aggregate (no threshold)."""
+@given(inp=event_lists(), filt=filters, value=st.builds(N.Str, st.integers(0, 3)),
+       slots=st.sampled_from((0, 20, 64)))
+def test_leaf_aggregates_match_their_definitions(func, inp, filt, value, slots):
+    """Value and next discontinuity of every window aggregate (no threshold), with string
+    slots for none, some or all of the codes."""
     events, now, window = inp
     col = NUM_COL if func in ("sum", "avg", "min", "max") else SKU_COL
     consts, aux = [], (0, 0)
     if func in ("affinity_score", "affinity_rank"):
         consts, aux = [value], (0, 0)
     val, slope, nxt = run_leaf(events, now, 0, FUNCS[func], window, col=col, filt=filt, aux=aux,
-                               consts=consts)
+                               consts=consts, slots=slots)
     want = N.leaf_value(func, events, now, window, matcher(filt), value=value)
     assert same(val, want, approx=func == "affinity_score"), (func, val, want)
     assert slope == 0.0

@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._rfm import RFM_F, RFM_M, RFM_R, RFM_TIER  # the modes' one definition
-from ._bits import (K_BOOL, K_NULL, K_NUMBER, bool_value, f2i, haversine_m, i2f,
+from ._bits import (K_BOOL, K_NULL, K_NUMBER, K_STRING, bool_value, f2i, haversine_m, i2f,
                     is_true, kind_of, null_value, number_or_null, prefetch)
 from ._layout import (  # also read as K.* by the compiler and the tests
     L_AFF, L_AFF_RANK, L_AFF_SCORE, L_AVG, L_COUNT, L_DAYS, L_DISTINCT, L_MAX, L_MIN, L_SEQ,
@@ -40,7 +40,8 @@ from ._store import NO_BLOCK, _upper_bound, h_len, h_off, h_start
 INF_MS = np.iinfo(np.int64).max
 TIMER_LEVELS = 3      # timer levels per row (``_run``): 16 bytes a row for each beyond the first
 DAY_MS = 86_400_000
-SMALL_VALUES = 16     # distinct values a value-frequency aggregate counts in a table (``_count_few``)
+SMALL_VALUES = 16     # distinct values a value-frequency aggregate searches one by one (``_count_few``)
+CODE_MASK = 0xFFFFFFFF   # a boxed string's code (engine/_values.py: codes < 2**32)
 
 # Helpers that never allocate are compiled with ``_nrt=False``: without it, Numba increments
 # and decrements an atomic reference count for every array argument of every call, which
@@ -196,7 +197,8 @@ def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arena, width, h
     This finds the user's list and the window bounds, then hands over to the kind's own
     function (``_leaf_count``, ``_leaf_numeric``, ``_leaf_days``, ``_leaf_values``,
     ``_leaf_since``, ``_sequence``). Scratch: ``fst`` the filter stack, ``keys``/``idx``/``mt``
-    room for one window's (value bits, event index, word position) triples."""
+    room for one window's (value bits, event index, word position) triples; past
+    ``len(keys)``, ``mt`` holds the string slots of ``_count_many`` (all 0, left all 0)."""
     kind = leaves[j, LEAF_KIND]
     if kind == L_SEQ:
         return _sequence(j, r, now, leaves, steps, fprog, consts, arena, width, h, fst)
@@ -377,10 +379,11 @@ def _leaf_values(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, keys
     values), ``top_count`` (count of the most frequent), ``affinity`` (the most frequent,
     ties to the latest), ``affinity_score`` / ``affinity_rank`` of VALUE (``consts[LEAF_AUX]``).
 
-    ``distinct``, ``top_count`` and ``affinity`` count the values in a small table while they
-    scan (``_count_few``); a window with more than ``SMALL_VALUES`` distinct values is
-    collected (``_collect_values``) and sorted. Both give the same answer: the most frequent
-    value with the latest event among equals is unique whatever the order."""
+    ``distinct``, ``top_count`` and ``affinity`` count the values in a table while they scan
+    (``_count_few``: a short list, then one step per string); a window with more than
+    ``SMALL_VALUES`` distinct values that are not strings is collected (``_collect_values``)
+    and sorted. Both give the same answer: the most frequent value with the latest event
+    among equals is unique whatever the order."""
     kind = leaves[j, LEAF_KIND]
     col = leaves[j, LEAF_COL]
     win = leaves[j, LEAF_WINDOW]
@@ -435,10 +438,14 @@ def _leaf_values(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, keys
 @njit(cache=True, _nrt=False, inline="always")
 def _count_few(j, leaves, fprog, consts, arena, off, w, lo, hi, fst, keys, idx, mt):
     """The matching events of leaf ``j`` in ``lo:hi`` (word positions into ``mt``) and their
-    non-null values counted in a table of at most ``SMALL_VALUES``: ``keys[:nu]`` the value
-    bits, ``idx[:nu]`` count << 32 | the latest event index. -> (matches, nu), or (0, -1)
-    when the window holds more distinct values. Inlined into ``_leaf_values``: as a call it
-    cost 11-21 % of the 20-segment evaluation (captured batches, same process)."""
+    non-null values counted in a table: ``keys[:nu]`` the value bits, ``idx[:nu]`` count << 32
+    | the latest event index, in order of first appearance. -> (matches, nu), or (0, -1) when
+    the window holds too many distinct values for the table.
+
+    Up to ``SMALL_VALUES`` values the table is a list searched one by one; past that the scan
+    goes on in ``_count_many``. Inlined into ``_leaf_values``: as a call it cost 11-21 % of the
+    20-segment evaluation (captured batches, same process); ``_count_many`` is not, because
+    a larger ``_leaf`` made every segment's evaluation slower (measured: ~30 %)."""
     col = leaves[j, LEAF_COL]
     foff = leaves[j, LEAF_FOFF]
     flen = leaves[j, LEAF_FLEN]
@@ -459,11 +466,76 @@ def _count_few(j, leaves, fprog, consts, arena, off, w, lo, hi, fst, keys, idx, 
             u += 1
         if u == nu:
             if nu == SMALL_VALUES:
-                return 0, -1
+                if mt.shape[0] == keys.shape[0]:    # no string slots
+                    return 0, -1
+                return _count_many(j, leaves, fprog, consts, arena, off, w, k, hi, fst, keys, idx, mt,
+                                   cnt - 1, nu)
             keys[u] = key
             idx[u] = 0
             nu += 1
         idx[u] = (((idx[u] >> 32) + 1) << 32) | k
+    return cnt, nu
+
+
+@njit(cache=True, _nrt=False)
+def _count_many(j, leaves, fprog, consts, arena, off, w, lo, hi, fst, keys, idx, mt, cnt, nu):
+    """``_count_few``'s scan from event ``lo`` on, its table holding ``nu`` values and ``cnt``
+    matches so far: a string whose code is below the number of string slots (``spos``, the
+    words of ``mt`` past ``len(keys)``) finds its entry in one step (``spos[code]``: position
+    + 1, 0 = none; set back to all 0 before this returns), other values are searched one by
+    one, and past ``SMALL_VALUES`` of those -> (0, -1). (The slots share ``mt``'s array: one
+    more argument through ``_program`` and ``_leaf`` made every evaluation slower, measured.)"""
+    col = leaves[j, LEAF_COL]
+    foff = leaves[j, LEAF_FOFF]
+    flen = leaves[j, LEAF_FLEN]
+    spos = mt[keys.shape[0]:]
+    nslots = spos.shape[0]
+    others = 0          # entries without a slot
+    for u in range(nu):
+        code = keys[u] & CODE_MASK
+        if kind_of(i2f(keys[u])) == K_STRING and code < nslots:
+            spos[code] = u + 1
+        else:
+            others += 1
+    for k in range(lo, hi):
+        e = off + k * w
+        if flen != 0 and not _match(arena, e, foff, flen, fprog, consts, fst):
+            continue
+        mt[cnt] = e
+        cnt += 1
+        v = arena[e + col]
+        kd = kind_of(v)
+        if kd == K_NULL:
+            continue
+        key = f2i(v)
+        code = key & CODE_MASK
+        if kd == K_STRING and code < nslots:
+            u = spos[code] - 1
+            if u < 0:
+                u = nu
+                keys[u] = key
+                idx[u] = 0
+                spos[code] = u + 1
+                nu += 1
+        else:
+            u = 0
+            while u < nu and keys[u] != key:
+                u += 1
+            if u == nu:
+                if others == SMALL_VALUES:
+                    cnt = -1
+                    break
+                keys[u] = key
+                idx[u] = 0
+                nu += 1
+                others += 1
+        idx[u] = (((idx[u] >> 32) + 1) << 32) | k
+    for u in range(nu):
+        code = keys[u] & CODE_MASK
+        if kind_of(i2f(keys[u])) == K_STRING and code < nslots:
+            spos[code] = 0
+    if cnt < 0:
+        return 0, -1
     return cnt, nu
 
 
@@ -970,10 +1042,11 @@ def _level_due(bit, times, masks, now):
 
 
 @njit(cache=True)
-def _scratch(seg_tab, max_per):
+def _scratch(seg_tab, max_per, nslots):
     """Working arrays of one evaluation pass: leaf values, slopes and next changes (as many
     as the largest program has leaves), the value/slope/time and filter stacks, and room for
-    one window's (key, index, position) triples."""
+    one window's (key, index, position) triples, the positions followed by ``nslots`` string
+    slots (``_count_many``), all 0."""
     maxleaf = 1
     for s in range(seg_tab.shape[0]):
         if seg_tab[s, SEG_LLEN] > maxleaf:
@@ -982,14 +1055,22 @@ def _scratch(seg_tab, max_per):
             np.empty(maxleaf, dtype=np.int64), np.empty(MAX_STACK, dtype=np.float64),
             np.empty(MAX_STACK, dtype=np.float64), np.empty(MAX_STACK, dtype=np.int64),
             np.empty(MAX_STACK, dtype=np.float64), np.empty(max_per + 1, dtype=np.int64),
-            np.empty(max_per + 1, dtype=np.int64), np.empty(max_per + 1, dtype=np.int64))
+            np.empty(max_per + 1, dtype=np.int64), _positions(max_per + 1, nslots))
+
+
+@njit(cache=True)
+def _positions(n, nslots):
+    """``n`` words for positions, then ``nslots`` string slots set to 0."""
+    mt = np.empty(n + nslots, dtype=np.int64)
+    mt[n:] = 0
+    return mt
 
 
 @njit(cache=True, nogil=True)   # a read's thread registers meanwhile (server/_gate.py)
 def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
          seg_tab, dep_list, prog, consts, leaves, steps, fprog,
          arena, width, h, traits, member, timer, tnext, tmask, tblock, tblock_shift,
-         now, retention_ms, max_per):
+         now, retention_ms, max_per, nslots):
     """Evaluate segments ``order`` (plan indices, dependencies first) for user rows ``rows``.
 
     ``seg_tab`` columns: engine/kernels/_layout.py (``SEG_*``). A segment is evaluated for a
@@ -1024,7 +1105,7 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
     out_s = np.empty(cap, dtype=np.int64)
     out_k = np.empty(cap, dtype=np.int8)
     n_out = 0
-    lv, ls, lnx, vst, sst, nst, fst, keys, idx, mt = _scratch(seg_tab, max_per)
+    lv, ls, lnx, vst, sst, nst, fst, keys, idx, mt = _scratch(seg_tab, max_per, nslots)
     # the time-dependent segments, their tmask bits, and per row what evaluating them gave
     ntd = 0
     for s in range(nseg):
@@ -1183,7 +1264,7 @@ VALUE_CHUNK = 2048
 
 @njit(cache=True, parallel=True)
 def _values(rows, seg_tab, prog, consts, leaves, steps, fprog, arena, width, h, traits, member,
-            now, retention_ms, max_per, out):
+            now, retention_ms, max_per, nslots, out):
     """Numeric values of the programs ``seg_tab`` (feature expressions, same layout as segments)
     for user rows ``rows`` at ``now``, into ``out[len(rows), nprog]``: numbers as they are
     (``since`` of nothing is +inf), true/false as 1/0, null and strings as NaN.
@@ -1195,14 +1276,14 @@ def _values(rows, seg_tab, prog, consts, leaves, steps, fprog, arena, width, h, 
     for c in prange(nchunks):
         _values_chunk(rows, c * VALUE_CHUNK, min(m, (c + 1) * VALUE_CHUNK), seg_tab, prog, consts,
                       leaves, steps, fprog, arena, width, h, traits, member, now, retention_ms,
-                      max_per, out)
+                      max_per, nslots, out)
 
 
 @njit(cache=True)
 def _values_chunk(rows, a, b, seg_tab, prog, consts, leaves, steps, fprog, arena, width, h, traits,
-                  member, now, retention_ms, max_per, out):
+                  member, now, retention_ms, max_per, nslots, out):
     nf = seg_tab.shape[0]
-    lv, ls, lnx, vst, sst, nst, fst, keys, idx, mt = _scratch(seg_tab, max_per)
+    lv, ls, lnx, vst, sst, nst, fst, keys, idx, mt = _scratch(seg_tab, max_per, nslots)
     ntypes = h.shape[1]
     for i in range(a, b):
         if i + 4 < b:
@@ -1336,6 +1417,18 @@ def _touched(rows_ev, tids, trows, tmask, due, is_known, pos):
 #   known     bool[nrows]              the row holds a user
 #   nrows     int                      rows in use
 #   retention_ms, max_per: int         event retention; room per list (scratch sizes)
+#   strings   StringTable              the shard's strings: ``len(strings)`` bounds the codes of
+#                                      the boxed strings in the arena and traits
+
+
+STRING_SLOTS = 1 << 16   # string codes below this get a slot in value-frequency scans (``_count_many``)
+
+
+def _slots(state) -> int:
+    """String slots for an evaluation over ``state``: one per code its strings may hold, at
+    most ``STRING_SLOTS`` (8 bytes each, set to 0 per call; larger codes are searched as
+    other values are)."""
+    return min(len(state.strings), STRING_SLOTS)
 
 
 def run_segments(plan, state, rows, evmask, trmask, is_new, is_due, order, force, now_ms,
@@ -1363,7 +1456,7 @@ def run_segments(plan, state, rows, evmask, trmask, is_new, is_due, order, force
                 p.seg_tab, p.dep_list, p.prog, p.consts, p.leaves, p.steps, p.fprog,
                 state.arena, state.width, state.h, state.traits, state.member, state.timer,
                 state.tnext, state.tmask, state.tblock, tblock_shift, now_ms, state.retention_ms,
-                state.max_per)
+                state.max_per, _slots(state))
 
 
 def feature_values(plan, state, rows, now_ms, out, parallel=False):
@@ -1375,7 +1468,8 @@ def feature_values(plan, state, rows, now_ms, out, parallel=False):
     (``_values_chunk``, no thread hand-off for a batch's users). Returns ``out``."""
     p = plan
     args = (p.seg_tab, p.prog, p.consts, p.leaves, p.steps, p.fprog, state.arena, state.width,
-            state.h, state.traits, state.member, now_ms, state.retention_ms, state.max_per, out)
+            state.h, state.traits, state.member, now_ms, state.retention_ms, state.max_per,
+            _slots(state), out)
     if parallel:
         _values(rows, *args)
     else:

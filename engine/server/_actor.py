@@ -142,11 +142,8 @@ class ShardHost:
         plan = core._value_plan(["count(a, 1d)", "since(a)"])
         rows = core._known_rows()
         core._values_of(plan, rows, t0 + 1)
-        KE._values(rows, plan.seg_tab, plan.prog, plan.consts, plan.leaves, plan.steps, plan.fprog,
-                   core.arena, core.width, core.h, core.traits, core.member, t0 + 1, core.retention_ms,
-                   core.max_per, np.empty((len(rows), 2)))
-        KE._seen_by(core.nrows, len(core.type_names), core.arena, core.width, core.h, core.known,
-                    t0 - day, t0, np.zeros(core.nrows, np.bool_))
+        KE.feature_values(plan, core, rows, t0 + 1, np.empty((len(rows), 2)), parallel=True)
+        KE.seen_by(core, len(core.type_names), t0 - day, t0, np.zeros(core.nrows, np.bool_))
 
     # ------------------------------------------------------------------ reads
     def read(self, method: str, *args):
