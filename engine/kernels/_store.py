@@ -220,6 +220,20 @@ def _retained(arena, hd, w, cutoff):
     return off, st, ln
 
 
+AHEAD = 4   # rows whose lists ``_compact`` / ``_compact_size`` prefetch ahead of the one they copy
+
+
+@njit(cache=True, inline="always")
+def _prefetch_row(arena, h, width, r, nrows, ntypes):
+    """Start loading the oldest live event of each of row ``r``'s lists (if ``r < nrows``):
+    the lists lie anywhere in the arena, so without it each one waits for memory."""
+    if r < nrows:
+        for t in range(ntypes):
+            hd = h[r, t]
+            if hd != NO_BLOCK:
+                prefetch(arena, h_off(hd) + h_start(hd) * width[t])
+
+
 @njit(cache=True)
 def _compact(old, new, nrows, ntypes, width, new_width, fill, h, caps, cutoff):
     """Copy every live, retained list from ``old`` into ``new`` (sized by ``_compact_size``),
@@ -227,6 +241,7 @@ def _compact(old, new, nrows, ntypes, width, new_width, fill, h, caps, cutoff):
     ``width`` gets its new columns filled with ``fill[t]``. Returns the words used."""
     b = 0
     for r in range(nrows):
+        _prefetch_row(old, h, width, r + AHEAD, nrows, ntypes)
         for t in range(ntypes):
             hd = h[r, t]
             if hd == NO_BLOCK:
@@ -255,6 +270,7 @@ def _compact_size(old, nrows, ntypes, width, new_width, h, caps, cutoff):
     """Words ``_compact`` will need."""
     total = 0
     for r in range(nrows):
+        _prefetch_row(old, h, width, r + AHEAD, nrows, ntypes)
         for t in range(ntypes):
             hd = h[r, t]
             if hd == NO_BLOCK:
