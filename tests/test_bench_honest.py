@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -189,20 +188,18 @@ def test_phases_split_burst_from_steady():
 
 def test_honest_quick_run_emits_valid_json(tmp_path):
     out = tmp_path / "honest.json"
-    t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "bench.honest", "--quick", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, check=False)
-    elapsed = time.monotonic() - t0
+    proc = subprocess.run([sys.executable, "-m", "bench.honest", "--quick", "--repeats20", "2", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout)
     assert json.loads(out.read_text()) == res
-    assert elapsed < 60
     assert res["equal"] is True
     one, twenty = res["one_segment"], res["twenty_segments"]
     assert set(one["systems"]) == {"rtseg", "rtseg_retention_2d", "straight_python", "numba_kernel"}
     for name, c in one["checks"].items():
         assert c["batch_end_membership_equal"] and c["final_membership_equal"] and c["deltas_equal"], name
     assert twenty["checks"]["final_membership_equal"] and twenty["checks"]["deltas_equal"]
+    assert twenty["systems"]["rtseg"]["repeats"] == 2 and "run 2 of 2" in proc.stderr
     for part in ("all", "burst", "steady"):
         for sysname, fig in [*one["systems"].items(), *twenty["systems"].items()]:
             assert fig[part]["events_per_s"] > 0, (sysname, part)
