@@ -225,6 +225,26 @@ def client(local_server):
         yield c
 
 
+def test_a_start_that_fails_raises_its_own_error(monkeypatch):
+    """A gateway whose start fails (here the kernels' warm-up) stops cleanly and the server
+    raises that failure, not an error of the shutdown."""
+    from engine.server import _actor
+    from engine.server._app import run_server
+    from engine.server._shards import LocalShard
+
+    def fail(self):
+        raise RuntimeError("warm-up failed")
+
+    monkeypatch.setattr(_actor.ShardHost, "warm_up", fail)
+    cfg = ServerConfig(port=0, shards=1, clock="event", data_dir="", no_console=True)
+
+    async def main():
+        await run_server(cfg, stop=asyncio.Event(), install_signals=False, actor_factory=LocalShard)
+
+    with pytest.raises(RuntimeError, match="warm-up failed"):
+        asyncio.run(main())
+
+
 def test_local_server_basics_and_token(local_server, client):
     with Client(local_server.target, None, timeout_s=10) as anon:
         with pytest.raises(grpc.RpcError) as info:

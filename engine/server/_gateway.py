@@ -173,11 +173,12 @@ class Gateway:
                 log.warning("snapshot at shutdown failed (%s); the log still holds every change", exc)
         self._closed = True
         await self.rounds.close()
-        self._tasks[0].cancel()
-        try:
-            await self._tasks[0]
-        except (asyncio.CancelledError, Exception):  # noqa: BLE001
-            pass
+        if self._tasks:     # none when start() failed before the rounds loop began
+            self._tasks[0].cancel()
+            try:
+                await self._tasks[0]
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
         await self.sequencer.close()
         self.shards.close()
         if self.store is not None:
