@@ -490,13 +490,7 @@ def _count_many(j, leaves, fprog, consts, arena, off, w, lo, hi, fst, keys, idx,
     flen = leaves[j, LEAF_FLEN]
     spos = mt[keys.shape[0]:]
     nslots = spos.shape[0]
-    others = 0          # entries without a slot
-    for u in range(nu):
-        code = keys[u] & CODE_MASK
-        if kind_of(i2f(keys[u])) == K_STRING and code < nslots:
-            spos[code] = u + 1
-        else:
-            others += 1
+    others = _mark_slots(keys, nu, spos, True)     # entries without a slot
     for k in range(lo, hi):
         e = off + k * w
         if flen != 0 and not _match(arena, e, foff, flen, fprog, consts, fst):
@@ -530,13 +524,25 @@ def _count_many(j, leaves, fprog, consts, arena, off, w, lo, hi, fst, keys, idx,
                 nu += 1
                 others += 1
         idx[u] = (((idx[u] >> 32) + 1) << 32) | k
-    for u in range(nu):
-        code = keys[u] & CODE_MASK
-        if kind_of(i2f(keys[u])) == K_STRING and code < nslots:
-            spos[code] = 0
+    _mark_slots(keys, nu, spos, False)
     if cnt < 0:
         return 0, -1
     return cnt, nu
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _mark_slots(keys, nu, spos, mark):
+    """The slots of the strings among ``keys[:nu]`` set to their positions + 1 (``mark``) or
+    back to 0; -> the entries that have no slot."""
+    nslots = spos.shape[0]
+    rest = 0
+    for u in range(nu):
+        code = keys[u] & CODE_MASK
+        if kind_of(i2f(keys[u])) == K_STRING and code < nslots:
+            spos[code] = u + 1 if mark else 0
+        else:
+            rest += 1
+    return rest
 
 
 @njit(cache=True, _nrt=False)
