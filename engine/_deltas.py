@@ -243,12 +243,19 @@ class DeltaLog:
 
     # ------------------------------------------------------------------ snapshots
 
-    def export(self) -> tuple[int, int, DeltaBatch]:
-        """(first retained sequence, next sequence, every retained delta as one batch)."""
+    def capture(self) -> tuple[int, int, list[DeltaBatch]]:
+        """(first retained sequence, next sequence, the retained chunks): what an
+        :meth:`export` would hold, without copying a delta. Chunks are never changed once
+        appended (trimming replaces a chunk with its tail), so the caller may read them later,
+        while the log goes on."""
         with self._lock:
             head, nxt = self._head, self._next
             first = self._firsts[head] if head < len(self._firsts) else nxt
-            batches = self._batches[head:]
+            return first, nxt, self._batches[head:]
+
+    def export(self) -> tuple[int, int, DeltaBatch]:
+        """(first retained sequence, next sequence, every retained delta as one batch)."""
+        first, nxt, batches = self.capture()
         return first, nxt, DeltaBatch.concat(batches)
 
     def restore(self, first: int, nxt: int, batch: DeltaBatch) -> None:

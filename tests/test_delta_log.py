@@ -81,3 +81,39 @@ def test_delta_batch_pickles_with_its_dtypes(protocol):
         for f in ("kind", "cause", "at_ms"):
             a, c = getattr(x, f), getattr(y, f)
             assert a.dtype == c.dtype and a.tolist() == c.tolist() and c.flags.writeable
+
+
+def test_snapshot_arrays_in_steps_hold_what_was_captured(monkeypatch):
+    """A snapshot captures the log in its pause and converts it afterwards, in steps, while
+    new deltas arrive: the arrays hold exactly the captured deltas (a chunk larger than one
+    step and a trimmed head included), as one split of all of them would, and restore to the
+    same reads."""
+    from engine.durability import embedded
+    from engine.kernels._strings import split_strings
+
+    monkeypatch.setattr(embedded, "DELTA_PIECE", 7)
+    rng = random.Random(3)
+    log = DeltaLog(capacity=60)
+    for n in (5, 30, 3, 25, 9, 1, 16):          # 89 appended, the first ones trimmed
+        log.append(_batch(rng, n))
+    captured = log.capture()
+    first, nxt, batch = log.export()
+    expected = list(zip(batch.segments, batch.user_ids, batch.kind.tolist(), batch.at_ms.tolist()))
+    conv = embedded.DeltaArrays(captured)
+    steps = 0
+    for _ in conv.steps():
+        steps += 1
+        log.append(_batch(rng, 4))              # the log goes on meanwhile
+    assert steps == sum(-(-len(c) // 7) for c in captured[2]) and steps > len(captured[2])
+    arrays = conv.arrays()
+    for key, values in (("seg", batch.segments), ("user", batch.user_ids)):
+        one = split_strings(values)
+        assert np.array_equal(arrays[f"d_{key}_blob"], one.blob)
+        assert np.array_equal(arrays[f"d_{key}_offsets"], one.offsets)
+        assert np.array_equal(arrays[f"d_{key}_codes"], one.codes)
+        assert arrays[f"d_{key}_codes"].dtype == np.int32
+    restored = DeltaLog(capacity=60)
+    embedded.deltas_from_arrays(restored, conv.meta(), arrays)
+    assert (restored.first_retained, restored.last_sequence) == (first, nxt - 1) == (30, 89)
+    got = [(d.segment, d.user_id, 1 if d.kind == "ENTER" else 2, d.at_ms) for d in restored.read(first - 1)]
+    assert got == expected

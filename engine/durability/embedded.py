@@ -37,17 +37,71 @@ def load_core(core_kwargs: dict, snapshot_dir: str, part: str, meta: dict, defs:
     return core
 
 
-def deltas_to_arrays(delta_log) -> tuple[dict, dict[str, np.ndarray]]:
-    """The retained deltas -> (meta, arrays)."""
-    from engine.kernels._strings import split_strings
+DELTA_PIECE = 16_384     # deltas per step of DeltaArrays: ~2-3 ms, so a gateway's loop can
+                         # serve reads between steps while a snapshot converts its delta log
 
-    first, nxt, batch = delta_log.export()
-    segs = split_strings(batch.segments)
-    users = split_strings(batch.user_ids)
-    arrays = {"d_seg_blob": segs.blob, "d_seg_offsets": segs.offsets, "d_seg_codes": segs.codes,
-              "d_user_blob": users.blob, "d_user_offsets": users.offsets, "d_user_codes": users.codes,
-              "d_kind": batch.kind, "d_cause": batch.cause, "d_at_ms": batch.at_ms}
-    return {"first": int(first), "next": int(nxt)}, arrays
+
+class DeltaArrays:
+    """The deltas of a :meth:`DeltaLog.capture` as snapshot arrays, built in steps.
+
+    :meth:`steps` converts ``DELTA_PIECE`` deltas per step: segment names and user ids are
+    interned piece by piece into one table each, so the arrays are those of one
+    ``split_strings`` over all of them (uniques in order of first use, int32 codes).
+    The gateway awaits between steps, so a snapshot of a million retained deltas (~200 ms)
+    does not hold its event loop; :func:`deltas_to_arrays` runs them all at once.
+    """
+
+    def __init__(self, captured: tuple[int, int, list]):
+        from engine.kernels._strings import StringTable
+
+        self.first, self.next, self._chunks = captured
+        self._segs, self._users = StringTable(), StringTable()
+        self._parts: dict[str, list[np.ndarray]] = {k: [] for k in
+                                                    ("seg", "user", "kind", "cause", "at")}
+
+    def meta(self) -> dict:
+        return {"first": int(self.first), "next": int(self.next)}
+
+    def steps(self):
+        """A generator: one conversion step per ``next()``."""
+        for chunk in self._chunks:
+            for a in range(0, len(chunk), DELTA_PIECE):
+                self._add(chunk, a, min(a + DELTA_PIECE, len(chunk)))
+                yield
+
+    def _add(self, chunk, a: int, b: int) -> None:
+        from engine.kernels._strings import split_strings
+
+        whole = a == 0 and b == len(chunk)
+        for table, key, values in ((self._segs, "seg", chunk.segments),
+                                   (self._users, "user", chunk.user_ids)):
+            col = split_strings(values if whole else values[a:b])
+            self._parts[key].append(table.intern(col).astype(np.int32)[col.codes])
+        self._parts["kind"].append(np.asarray(chunk.kind[a:b], np.int8))
+        self._parts["cause"].append(np.asarray(chunk.cause[a:b], np.int8))
+        self._parts["at"].append(np.asarray(chunk.at_ms[a:b], np.int64))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """After every step: the arrays :func:`deltas_from_arrays` reads."""
+        def cat(key, dtype):
+            parts = self._parts[key]
+            return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
+
+        segs, users = self._segs.snapshot(), self._users.snapshot()
+        return {"d_seg_blob": segs["arena"], "d_seg_offsets": segs["offsets"],
+                "d_seg_codes": cat("seg", np.int32),
+                "d_user_blob": users["arena"], "d_user_offsets": users["offsets"],
+                "d_user_codes": cat("user", np.int32),
+                "d_kind": cat("kind", np.int8), "d_cause": cat("cause", np.int8),
+                "d_at_ms": cat("at", np.int64)}
+
+
+def deltas_to_arrays(delta_log) -> tuple[dict, dict[str, np.ndarray]]:
+    """The retained deltas -> (meta, arrays), in one go (see :class:`DeltaArrays`)."""
+    conv = DeltaArrays(delta_log.capture())
+    for _ in conv.steps():
+        pass
+    return conv.meta(), conv.arrays()
 
 
 def deltas_from_arrays(delta_log, meta: dict, arrays) -> None:

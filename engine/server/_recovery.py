@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from engine.durability import frames as F
+from engine.durability.embedded import DeltaArrays
 
 log = logging.getLogger("rtseg.recovery")
 
@@ -53,21 +54,26 @@ async def _snapshot_start(gw, background: bool):
     try:
         infos = await asyncio.gather(*[c.snapshot_part(str(tmp), f"shard-{i}", background)
                                        for i, c in enumerate(gw.shards)])
-        arrays, meta = _gateway_arrays(gw), _gateway_meta(gw)
+        deltas = DeltaArrays(gw.log.capture())     # converted after the pause, in steps
+        arrays, meta = {"slot_map": gw.router.slot_map.astype(np.int32)}, _gateway_meta(gw)
         meta["history"], harrays = gw.history.export()
         arrays.update(harrays)
     except BaseException:
         store.abandon_snapshot(tmp)
         raise
     gw.recovery["snapshot_pause_s"] = round(time.monotonic() - t0, 3)
-    return t0, lsn, tmp, list(gw.shards), infos, arrays, meta
+    return t0, lsn, tmp, list(gw.shards), infos, (arrays, deltas), meta
 
 
-async def _snapshot_finish(gw, t0, lsn, tmp, clients, infos, arrays, meta) -> dict:
+async def _snapshot_finish(gw, t0, lsn, tmp, clients, infos, gateway_state, meta) -> dict:
     from engine.durability import snapshot as S
 
     store = gw.store
+    arrays, deltas = gateway_state
     try:
+        for _ in deltas.steps():                 # the loop serves reads and rounds meanwhile
+            await asyncio.sleep(0)
+        arrays.update(deltas.arrays())
         for i, info in enumerate(infos):
             while info.get("pending"):
                 meta_i = info["meta"]
@@ -143,14 +149,6 @@ def _gateway_meta(gw) -> dict:
         "events_accepted": int(gw.events_accepted),
         "events_rejected": int(gw.events_rejected),
     }
-
-
-def _gateway_arrays(gw) -> dict[str, np.ndarray]:
-    from engine.durability.embedded import deltas_to_arrays
-
-    _, arrays = deltas_to_arrays(gw.log)
-    arrays["slot_map"] = gw.router.slot_map.astype(np.int32)
-    return arrays
 
 
 # ----------------------------------------------------------------------------- recovery
