@@ -94,6 +94,46 @@ def test_events_and_columns_in_one_batch():
     assert cols["properties"]["z"].tolist() == [None, True]
 
 
+def test_trait_updates_decode_in_pieces_with_the_loop_free_between(monkeypatch):
+    """SetTraits decodes a large batch a piece at a time: other work on the event loop runs
+    between the pieces, and the updates come out whole and in order."""
+    from engine.server import _servicer
+
+    monkeypatch.setattr(_servicer, "TRAIT_DECODE_PIECE", 10)
+    batch = pb.TraitBatch()
+    for i in range(95):
+        u = batch.updates.add(user_id=f"u{i}", timestamp_ms=T0 + i if i % 3 else 0)
+        codec.value_to_pb(f"plan{i % 4}", u.traits["plan"])
+        codec.value_to_pb(float(i), u.traits["age"])
+        if i % 5 == 0:
+            codec.value_to_pb(i % 2 == 0, u.traits["vip"])
+        u.traits["gone"].SetInParent()          # a Value with no kind: the trait is unset
+    want = [(f"u{i}", dict({"plan": f"plan{i % 4}", "age": float(i), "gone": None},
+                           **({"vip": i % 2 == 0} if i % 5 == 0 else {})),
+             T0 + i if i % 3 else None) for i in range(95)]
+
+    async def run():
+        turns = 0
+        done = False
+
+        async def other():
+            nonlocal turns
+            while not done:
+                turns += 1
+                await asyncio.sleep(0)
+        task = asyncio.ensure_future(other())
+        await asyncio.sleep(0)
+        before = turns
+        got = await _servicer.decode_trait_updates(batch.updates)
+        done = True
+        await task
+        return got, turns - before
+
+    got, turns = asyncio.run(run())
+    assert got == want
+    assert turns >= 9                    # 10 pieces: the other task ran between each two
+
+
 # ----------------------------------------------------------------------------- routing
 
 

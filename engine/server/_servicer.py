@@ -26,6 +26,7 @@ log = logging.getLogger("rtseg.servicer")
 EXPORT_PAGE = 1000
 STREAM_WINDOW = 8            # IngestStream: batches queued before the oldest is answered
 START_SEQUENCE_KEY = "rtseg-start-sequence"
+TRAIT_DECODE_PIECE = 1024    # SetTraits: updates decoded between two turns of the event loop
 
 
 def _unary(fn):
@@ -50,6 +51,20 @@ def _is_internal(exc: BaseException) -> bool:
     from engine.errors import EngineError
 
     return not isinstance(exc, (EngineError, ValueError, TypeError))
+
+
+async def decode_trait_updates(updates) -> list[tuple[str, dict, int | None]]:
+    """``TraitUpdate`` messages -> (user id, traits, timestamp or None), ``TRAIT_DECODE_PIECE``
+    at a time with the event loop free between pieces: decoding is ~1 us per trait in Python
+    (a batch of 20,000 users with 4 traits each: 70-200 ms), and reads and rounds must not
+    wait for all of it."""
+    out: list[tuple[str, dict, int | None]] = []
+    for a in range(0, len(updates), TRAIT_DECODE_PIECE):
+        if a:
+            await asyncio.sleep(0)
+        out.extend((u.user_id, {k: codec.value_from_pb(v) for k, v in u.traits.items()},
+                    u.timestamp_ms or None) for u in updates[a:a + TRAIT_DECODE_PIECE])
+    return out
 
 
 def _segment_pb(d: dict) -> "pb.Segment":
@@ -152,8 +167,7 @@ class SegmentEngineServicer(pb_grpc.SegmentEngineServicer):
 
     @_unary
     async def SetTraits(self, request, context):
-        updates = [(u.user_id, {k: codec.value_from_pb(v) for k, v in u.traits.items()},
-                    u.timestamp_ms or None) for u in request.updates]
+        updates = await decode_trait_updates(request.updates)
         return _reply(await self.gw.set_traits(updates, request.batch_id))
 
     # ------------------------------------------------------------------ segments
