@@ -38,6 +38,18 @@ class Pending:
         return self.lsn - len(self.frames) + 1 if self.lsn else 0
 
 
+@dataclass(eq=False)
+class Routed:
+    """A round's frames turned into shard steps (:meth:`FrameApplier.route`), not yet sent."""
+    frames: list[F.Frame]
+    steps: list[list]                    # per shard: its steps, in order
+    owners: list[list[tuple[int, int]]]  # as Pending.owners
+    phases: list[int]
+    samples: dict[int, tuple[int, list[str]]]
+    last_now: int                        # the applier's clock once these are sent
+    from_now: int                        # the applier's clock they were routed from
+
+
 class FrameApplier:
     def __init__(self, gateway):
         self.gw = gateway
@@ -45,16 +57,25 @@ class FrameApplier:
         self.in_flight: list[Pending] = []      # started, not yet published, in log order
 
     def start(self, frames: list[F.Frame], log: bool = True) -> Pending:
+        """Route the frames and send them: :meth:`route` then :meth:`send`."""
+        return self.send(self.route(frames), log)
+
+    def route(self, frames: list[F.Frame]) -> Routed:
+        """Each frame -> its phases of shard steps, per shard, in order. Nothing is logged or
+        sent and the applier's clock does not move, so the gateway may serve others between
+        this and :meth:`send` (no barrier can run there: the rounds' loop is the only caller
+        of both outside barriers)."""
         gw = self.gw
         n = len(gw.shards)
         steps: list[list] = [[] for _ in range(n)]
         owners: list[list[tuple[int, int]]] = [[] for _ in range(n)]
         phases = []
         samples: dict[int, tuple[int, list[str]]] = {}
+        last_now = self.last_now
         for k, frame in enumerate(frames):
-            ph = F.frame_phases(frame, self.last_now, n, lambda cols: gw.router.route(cols, n),
+            ph = F.frame_phases(frame, last_now, n, lambda cols: gw.router.route(cols, n),
                                 gw.router.shard_of_user)
-            self.last_now = max(self.last_now, frame.now_ms)
+            last_now = max(last_now, frame.now_ms)
             phases.append(len(ph))
             for p, row in enumerate(ph):
                 for i, step in enumerate(row):
@@ -67,10 +88,19 @@ class FrameApplier:
                 for i in range(n):
                     steps[i].append((Step.SIZES, sample[1], frame.now_ms))
                     owners[i].append((k, SAMPLE))
-        lsn = gw.store.append(frames) if (log and gw.store is not None) else 0
-        handles = gw.shards.submit_round(steps)
-        pending = Pending(frames, handles, owners, phases, lsn, steps, list(gw.shards.clients),
-                          samples=samples)
+        return Routed(frames, steps, owners, phases, samples, last_now, self.last_now)
+
+    def send(self, routed: Routed, log: bool = True) -> Pending:
+        """Log the routed frames (write-ahead) and send every shard its steps: the round is
+        in flight from here."""
+        gw = self.gw
+        if routed.from_now != self.last_now or len(routed.steps) != len(gw.shards):
+            raise RuntimeError("a routed round was overtaken before it was sent")   # a bug
+        lsn = gw.store.append(routed.frames) if (log and gw.store is not None) else 0
+        handles = gw.shards.submit_round(routed.steps)
+        self.last_now = routed.last_now
+        pending = Pending(routed.frames, handles, routed.owners, routed.phases, lsn, routed.steps,
+                          list(gw.shards.clients), samples=routed.samples)
         self.in_flight.append(pending)
         return pending
 

@@ -8,6 +8,12 @@
   ``MAX_ROUNDS_IN_FLIGHT`` rounds are pipelined (Ray runs one caller's calls to an actor in
   submission order); deltas are sequenced strictly in operation order, and an operation is
   answered once its round is applied and its frames are durable.
+* **Pieces.** A round is prepared in pieces with the event loop free between them (every
+  ``YIELD_AFTER_NS`` of validation, then routing, then logging and sending), so a read waits
+  for one piece, not for a whole round of 20,000 events (~4 ms of validation and ~5 ms of
+  routing, logging and pickling). Nothing that a round reads or moves can change between its
+  pieces: barriers, and the next round, run only from this loop, and the previous round's
+  completion only publishes, records batch replies and answers.
 * **Barriers.** Segment changes, reads, user deletion, models, snapshots and slot moves wait
   for the rounds in flight, then run alone.
 * **Flushing.** A round leaves as soon as the shards can take it; while a previous round is
@@ -32,6 +38,7 @@ from engine.errors import EngineError, Overloaded, Unavailable
 log = logging.getLogger("rtseg.gateway")
 
 MAX_ROUNDS_IN_FLIGHT = 2
+YIELD_AFTER_NS = 1_000_000      # preparing a round: the loop serves others after each ms of it
 EVENTS, TRAITS, CLOCK, BARRIER = "events", "traits", "clock", "barrier"
 
 
@@ -122,8 +129,13 @@ class Rounds:
                 self._in_flight.release()
                 continue
             try:
-                frames, owners = self._frames(ops)
-                pending = self.gw.applier.start(frames) if frames else None
+                frames, owners = await self._frames(ops)
+                pending = None
+                if frames:                # in pieces, the loop serving reads between them
+                    await asyncio.sleep(0)
+                    routed = self.gw.applier.route(frames)
+                    await asyncio.sleep(0)
+                    pending = self.gw.applier.send(routed)
             except BaseException as exc:  # noqa: BLE001
                 self._in_flight.release()
                 for o in ops:
@@ -153,11 +165,15 @@ class Rounds:
             size += op.n
         return ops
 
-    def _frames(self, ops: list[Op]) -> tuple[list[F.Frame], list[int]]:
+    async def _frames(self, ops: list[Op]) -> tuple[list[F.Frame], list[int]]:
         """Each operation -> its frame (or its error / a known batch's first reply)."""
         frames: list[F.Frame] = []
         owners: list[int] = []           # per op: frame index, or -1
+        turn = time.perf_counter_ns()
         for op in ops:
+            if time.perf_counter_ns() - turn > YIELD_AFTER_NS:
+                await asyncio.sleep(0)
+                turn = time.perf_counter_ns()
             try:
                 frame = self.gw.prepare(op)
             except Exception as exc:  # noqa: BLE001 - fails this operation only
