@@ -272,6 +272,7 @@ class ShardCore(ShardModels, ShardRfm):
         staged = self._stage_events(cols, now_ms)
         due = KE.collect_due(self, TBLOCK_SHIFT, now_ms)
         due_part = _parts_of_due(due, staged.rows, parts)
+        yield                     # staging alone: a read waits for it or for one part
         flips = []
         for k, sel in enumerate(parts):
             rows, tids = self._append_events(staged, sel)
