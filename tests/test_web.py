@@ -114,6 +114,25 @@ def test_histogram_buckets_are_cumulative():
     assert w.histogram.sum_ms == pytest.approx(20_008.45)
 
 
+def test_latency_summary_is_reused_for_a_moment_and_its_count_is_current():
+    """GetStats asks for percentiles over up to 65,536 samples (~1 ms each time): they are
+    computed again only once new samples came and the last computation has aged."""
+    from engine.server._metrics import LatencyWindow
+
+    w = LatencyWindow(capacity=8)
+    w.SUMMARY_MAX_AGE_S = 3600.0
+    assert w.summary()["count"] == 0
+    w.record_ms(2.0)
+    first = w.summary()
+    assert first["count"] == 1 and first["p50_ms"] == first["max_ms"] == 2.0
+    w.record_ms(40.0)
+    held = w.summary()
+    assert held["count"] == 2 and held["max_ms"] == 2.0          # young: the same percentiles
+    w.SUMMARY_MAX_AGE_S = 0.0
+    fresh = w.summary()
+    assert fresh["count"] == 2 and fresh["max_ms"] == 40.0 and fresh["p50_ms"] == 21.0
+
+
 def test_page_assets_are_package_data():
     from importlib import resources
 
