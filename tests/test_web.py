@@ -197,7 +197,7 @@ def test_metrics_after_ingesting(server, client):
     assert grew("rtseg_deltas", "rtseg_deltas_total") == 80
     assert value(after, "rtseg_deltas", "rtseg_deltas_total") == client.last_sequence
     for name in ("rtseg_ingest_latency_seconds", "rtseg_ingest_to_delta_latency_seconds",
-                 "rtseg_round_latency_seconds"):
+                 "rtseg_round_latency_seconds", "rtseg_event_loop_lag_seconds"):
         fam = after[name]
         assert fam.type == "histogram"
         buckets = [s for s in fam.samples if s.name == name + "_bucket"]
@@ -208,6 +208,8 @@ def test_metrics_after_ingesting(server, client):
     assert grew("rtseg_ingest_latency_seconds", "rtseg_ingest_latency_seconds_count") == 2
     assert grew("rtseg_ingest_to_delta_latency_seconds",
                 "rtseg_ingest_to_delta_latency_seconds_count") == 2
+    # the lag probe has run since the server started (every 10 ms)
+    assert value(after, "rtseg_event_loop_lag_seconds", "rtseg_event_loop_lag_seconds_count") > 0
     stats = client.stats()
     assert value(after, "rtseg_users") == stats["users"]
     assert value(after, "rtseg_shards") == 2

@@ -42,6 +42,7 @@ from engine.server._subscriptions import Subscriptions
 log = logging.getLogger("rtseg.gateway")
 
 PREVIEW_SAMPLE = 10
+LAG_PROBE_S = 0.01           # the event-loop lag probe's period (Gateway.loop_lag)
 
 
 class Gateway:
@@ -102,6 +103,7 @@ class Gateway:
         self.ingest_latency = LatencyWindow()
         self.round_latency = LatencyWindow()     # a round: sent to the shards -> published
         self.delta_latency = LatencyWindow()     # an ingest op received -> its deltas published
+        self.loop_lag = LatencyWindow()          # the event loop's lateness (_lag_loop)
 
     # ------------------------------------------------------------------ properties
 
@@ -136,6 +138,7 @@ class Gateway:
         if restored:
             self.recovery["orphan_goals_removed"] = await self.goals.repair()
         self._tasks.append(asyncio.ensure_future(self._tick_loop()))
+        self._tasks.append(asyncio.ensure_future(self._lag_loop()))
         await self.models.start()
         self._tasks.append(asyncio.ensure_future(self.models.schedule_loop()))
         if self.store is not None:
@@ -460,6 +463,7 @@ class Gateway:
             "ingest_events_per_s": self.rate.per_second(),
             "ingest_latency": self.ingest_latency.summary(),
             "round_latency": self.round_latency.summary(),
+            "loop_lag": self.loop_lag.summary(),
             "first_sequence": self.log.first_retained if self.log.last_sequence else 0,
             "last_sequence": self.log.last_sequence,
             "subscribers": self.subscriptions.count,
@@ -527,6 +531,14 @@ class Gateway:
         return await scale(self, shards)
 
     # ------------------------------------------------------------------ internals
+
+    async def _lag_loop(self) -> None:
+        """Every ``LAG_PROBE_S``, how much later than asked the event loop woke this probe:
+        how long anything the loop runs (a read, a round's piece) waited for it then."""
+        while not self._closed:
+            t0 = time.perf_counter_ns()
+            await asyncio.sleep(LAG_PROBE_S)
+            self.loop_lag.record_ms(max(0.0, (time.perf_counter_ns() - t0) / 1e6 - LAG_PROBE_S * 1e3))
 
     async def _tick_loop(self) -> None:
         """Wall clock: fire due timers (all shards advance to the wall clock)."""

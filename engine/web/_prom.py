@@ -37,7 +37,7 @@ class GatewaySource:
         segments = await gw.list_segments() if gw.ready else []
         hist = {}
         for name, attr in (("ingest", "ingest_latency"), ("delta", "delta_latency"),
-                           ("round", "round_latency")):
+                           ("round", "round_latency"), ("loop", "loop_lag")):
             window = getattr(gw, attr, None)
             h = getattr(window, "histogram", None)
             if h is not None:
@@ -155,7 +155,10 @@ def families(snap: dict) -> list:
              "Ingest and trait operations that changed membership: received by the gateway -> "
              "their deltas published to subscribers."),
             ("round", "rtseg_round_latency_seconds",
-             "Micro-batch rounds: sent to the shards -> published.")):
+             "Micro-batch rounds: sent to the shards -> published."),
+            ("loop", "rtseg_event_loop_lag_seconds",
+             "The gateway's event loop: how late a probe that sleeps 10 ms wakes up, i.e. how "
+             "long a request waited then for the loop (ingestion, reads and deltas share it).")):
         if key not in snap.get("histograms", {}):
             continue
         cumulative, sum_ms = snap["histograms"][key]
