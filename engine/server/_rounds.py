@@ -18,7 +18,7 @@
   for the rounds in flight, then run alone.
 * **Flushing.** A round leaves as soon as the shards can take it; while a previous round is
   still in flight it waits at most ``flush_interval_us`` for more operations, or until
-  ``flush_events`` events are waiting.
+  ``flush_events`` events are waiting, or until that round completes.
 * **Bounds.** The queue holds at most ``max_queue_ops`` operations: one more is refused with
   RESOURCE_EXHAUSTED (:class:`Overloaded`) rather than growing without bound.
 """
@@ -145,6 +145,10 @@ class Rounds:
                 continue
             prev = self._last
             self._last = asyncio.ensure_future(self._complete(ops, frames, owners, pending, prev))
+            self._last.add_done_callback(self._wake)   # a round waiting for it goes at once
+
+    def _wake(self, _task: asyncio.Future) -> None:
+        self._event.set()
 
     def _pending_events(self) -> int:
         total = 0
