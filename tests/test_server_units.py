@@ -599,6 +599,7 @@ def test_a_shard_applies_a_large_batch_in_parts_with_reads_let_in_between():
         steps.append((Step.EVENTS, batch(t, 50), t + 60_000))
     hosts = [ShardHost(0, {"retention_ms": 30 * day}), ShardHost(1, {"retention_ms": 30 * day})]
     hosts[1].part_events = 7
+    hosts[1].part_target_ms = None              # parts of 7 throughout (not sized by time)
     hosts[1].gate.last_read_s = float("inf")    # as if reads kept coming: parts
     entries = []
     real = hosts[1].gate.let_readers_in
@@ -613,6 +614,24 @@ def test_a_shard_applies_a_large_batch_in_parts_with_reads_let_in_between():
     assert sum(map(len, whole[0])) > 0 and whole[1:] == parts[1:]
     for u in (f"u{k}" for k in range(40)):
         assert hosts[0].user_view(u) == hosts[1].user_view(u)
+
+
+def test_part_size_follows_what_the_parts_cost():
+    """A shard sizes its parts so that each takes about the target CPU time: halfway from the
+    current size to the size the median part says, within the bounds."""
+    from engine.server._actor import next_part_events
+
+    assert next_part_events(300, [], 1.0) == 300                      # nothing measured
+    assert next_part_events(300, [0.9, 1.1, 1.0], 1.0) == 300         # on target
+    assert next_part_events(300, [4.0, 3.0, 50.0], 1.0) == 187        # median 4 ms: aim 75
+    assert next_part_events(300, [0.25, 0.2, 0.3], 1.0) == 750        # aim 1,200
+    assert next_part_events(300, [100.0], 1.0, bounds=(64, 8192)) == 151
+    assert next_part_events(100, [100.0], 1.0, bounds=(64, 8192)) == 64
+    assert next_part_events(8000, [0.01], 1.0, bounds=(64, 8192)) == 8192
+    size = 300                                  # converges when the cost is linear
+    for _ in range(12):
+        size = next_part_events(size, [0.05 + size * 0.003], 1.0)
+    assert abs(0.05 + size * 0.003 - 1.0) < 0.02
 
 
 def _string_column(pieces: list[bytes], codes) -> "pb.StringColumn":

@@ -17,9 +17,25 @@ from typing import Any
 
 NO_TIMER_MS = 2**63 - 1
 # a batch of more events is applied in parts with reads let in between (ShardCore.
-# apply_events_in_parts): ~10 ms of evaluation with 21 segments on this machine
-PART_EVENTS = 1000
+# apply_events_in_parts), each part about PART_TARGET_MS of CPU: the part size follows what
+# the last parts cost (next_part_events), from PART_EVENTS, within PART_EVENTS_BOUNDS
+PART_EVENTS = 300
+PART_TARGET_MS = 1.0
+PART_EVENTS_BOUNDS = (64, 8192)
 READS_LATELY_S = 2.0        # ... while a read came in the last 2 s
+
+
+def next_part_events(current: int, part_cpu_ms: list[float], target_ms: float = PART_TARGET_MS,
+                     bounds: tuple[int, int] = PART_EVENTS_BOUNDS) -> int:
+    """The part size for the next batch, from the CPU time of this batch's parts of
+    ``current`` events: the median part scaled to ``target_ms`` (half way there at a time,
+    so one slow part does not swing it), within ``bounds``. Unchanged without measures."""
+    if not part_cpu_ms:
+        return current
+    med = sorted(part_cpu_ms)[len(part_cpu_ms) // 2]
+    aim = current * target_ms / max(med, 1e-3)
+    lo, hi = bounds
+    return int(min(max((current + aim) / 2, lo), hi))
 
 
 class ShardHost:
@@ -37,6 +53,7 @@ class ShardHost:
         self.gate = ReadGate()
         self._channels: dict = {}
         self.part_events = PART_EVENTS
+        self.part_target_ms: float | None = PART_TARGET_MS   # None: parts of part_events
 
     def open_channel(self, key: bytes, gateway_ip: str, purpose: str = "rounds") -> tuple[str, int]:
         """Listen for one of the gateway's channels (``engine/server/_channel.py``): ``rounds``
@@ -88,14 +105,21 @@ class ShardHost:
                 # a large batch in parts, reads let in between two (the same result; ~7-12 %
                 # more work, so only while reads come)
                 parts = core.apply_events_in_parts(payload, now_ms, self.part_events)
+                cpu_ms = []
                 while True:
                     gate.let_readers_in()
                     with gate.writing():
+                        c0 = time.thread_time()
                         try:
                             next(parts)
                         except StopIteration as done:
                             out.append(done.value)
                             break
+                        cpu_ms.append((time.thread_time() - c0) * 1000.0)
+                if self.part_target_ms is not None:
+                    # the first part stages the whole batch: not a part's cost
+                    self.part_events = next_part_events(self.part_events, cpu_ms[1:],
+                                                        self.part_target_ms)
             else:
                 gate.let_readers_in()
                 with gate.writing():
