@@ -97,20 +97,20 @@ def reads_under_load(srv: ServeProcess, c, cur: Cursor, n_events: int, user_ids:
     spec = cur.spec(n_events, SATURATION_BATCH, 0, "rd")
     prod = threading.Thread(target=lambda: box.update(log=run_producer(dict(spec, target=srv.target))),
                             daemon=True)
-    timed = {k: [] for k in READ_KINDS}           # (start, end), monotonic ns like the producer's
+    timed = {k: [] for k in READ_KINDS}  # (start, end: monotonic ns like the producer's, CPU s)
     names = list(SEGMENTS) + [ONE_SEGMENT_NAME]
 
     def reader(kind: str, seed: int) -> None:
         rng = np.random.default_rng(seed)
         while prod.is_alive():
-            t = time.monotonic_ns()
+            t, cpu = time.monotonic_ns(), time.thread_time()
             if kind == "GetSegment":
                 c.get_segment(names[int(rng.integers(len(names)))])
             elif kind == "GetUser":
                 c.get_user(user_ids[int(rng.integers(len(user_ids)))])
             else:
                 c.stats()
-            timed[kind].append((t, time.monotonic_ns()))
+            timed[kind].append((t, time.monotonic_ns(), time.thread_time() - cpu))
 
     prod.start()
     readers = [threading.Thread(target=reader, args=(k, i), daemon=True) for i, k in enumerate(READ_KINDS)]
@@ -121,10 +121,16 @@ def reads_under_load(srv: ServeProcess, c, cur: Cursor, n_events: int, user_ids:
     prod.join()
     log = box.get("log", {})
     lo, hi = log.get("t_start_ns", 0), log.get("t_end_ns", 0)
-    out = {k: percentiles_ms([b - a for a, b in v if a >= lo and b <= hi]) for k, v in timed.items()}
-    out["reads_outside_ingestion"] = sum(1 for v in timed.values() for a, b in v if not (a >= lo and b <= hi))
+    out = {k: percentiles_ms([b - a for a, b, _ in v if a >= lo and b <= hi]) for k, v in timed.items()}
+    out["reads_outside_ingestion"] = sum(1 for v in timed.values() for a, b, _ in v
+                                         if not (a >= lo and b <= hi))
     out["ingest_events_per_s"] = (round(log["accepted"] / max(hi - lo, 1) * 1e9, 1)
                                   if log else None)
+    # the readers share the machine's cores with the server: the CPU their threads used
+    # meanwhile (gRPC's own threads not counted)
+    out["reader_threads_cpu_s"] = round(sum(cpu for v in timed.values() for a, b, cpu in v
+                                            if a >= lo and b <= hi), 3)
+    out["seconds"] = round((hi - lo) / 1e9, 3) if log else None
     return out
 
 
