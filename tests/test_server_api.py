@@ -385,6 +385,8 @@ def test_stats(client):
     assert sum(s["users"] for s in st["shard_stats"]) == 100
     assert all(s["users"] > 0 for s in st["shard_stats"])    # both shards got some
     assert st["ingest_latency"]["count"] >= 1 and st["round_latency"]["p50_ms"] > 0
+    lag = st["loop_lag"]                       # probed every 10 ms since the server started
+    assert lag["count"] > 0 and lag["max_ms"] >= lag["p99_ms"] >= lag["p50_ms"] >= 0
     assert st["retention_ms"] == 30 * D
 
 

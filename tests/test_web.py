@@ -383,6 +383,9 @@ def test_standalone_console_against_a_remote_server(server, client):
             == stats["events_accepted"]
         assert value(fams, "rtseg_segment_size", segment="r_seg") == 4
         assert value(fams, "rtseg_ingest_latency_window_seconds", quantile="0.99") > 0
+        # GetStats carries the loop's lag too: max >= p99 over the probes so far
+        assert value(fams, "rtseg_event_loop_lag_window_seconds", quantile="1") \
+            >= value(fams, "rtseg_event_loop_lag_window_seconds", quantile="0.99") >= 0
         assert value(fams, "rtseg_log_fsync_latency_seconds", quantile="0.99") >= 0
         assert {s["name"] for s in get_json(url + "/api/segments")} >= {"r_seg"}
         assert http("GET", url + "/api/segments", token=None)[0] == 401

@@ -270,6 +270,7 @@ class SegmentEngineServicer(pb_grpc.SegmentEngineServicer):
             ingest_events_per_s=st["ingest_events_per_s"],
             ingest_latency=pb.Latency(**st["ingest_latency"]),
             round_latency=pb.Latency(**st["round_latency"]),
+            loop_lag=pb.Latency(**st["loop_lag"]),
             first_sequence=st["first_sequence"], last_sequence=st["last_sequence"],
             subscribers=st["subscribers"], uptime_ms=st["uptime_ms"],
             retention_ms=st["retention_ms"])

@@ -168,7 +168,10 @@ def families(snap: dict) -> list:
     for key, name, doc in (("ingest_latency", "rtseg_ingest_latency_window_seconds",
                             "Ingest latency quantiles over the most recent operations."),
                            ("round_latency", "rtseg_round_latency_window_seconds",
-                            "Round latency quantiles over the most recent rounds.")):
+                            "Round latency quantiles over the most recent rounds."),
+                           ("loop_lag", "rtseg_event_loop_lag_window_seconds",
+                            "The gateway's event-loop lag, quantiles over the most recent "
+                            "probes (every 10 ms).")):
         window = st.get(key) or {}
         g = GaugeMetricFamily(name, doc, labels=["quantile"])
         for q, field in QUANTILES:

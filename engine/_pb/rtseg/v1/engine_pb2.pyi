@@ -503,7 +503,7 @@ class ShardStats(_message.Message):
     def __init__(self, shard: _Optional[int] = ..., slots: _Optional[int] = ..., users: _Optional[int] = ..., events: _Optional[int] = ..., events_applied: _Optional[int] = ..., events_dropped: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., node: _Optional[str] = ..., apply_latency: _Optional[_Union[Latency, _Mapping]] = ...) -> None: ...
 
 class Stats(_message.Message):
-    __slots__ = ("events", "users", "segments", "shards", "shard_stats", "now_ms", "clock", "events_accepted", "events_rejected", "ingest_events_per_s", "ingest_latency", "round_latency", "first_sequence", "last_sequence", "subscribers", "uptime_ms", "retention_ms", "durability")
+    __slots__ = ("events", "users", "segments", "shards", "shard_stats", "now_ms", "clock", "events_accepted", "events_rejected", "ingest_events_per_s", "ingest_latency", "round_latency", "first_sequence", "last_sequence", "subscribers", "uptime_ms", "retention_ms", "durability", "loop_lag")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     USERS_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
@@ -522,6 +522,7 @@ class Stats(_message.Message):
     UPTIME_MS_FIELD_NUMBER: _ClassVar[int]
     RETENTION_MS_FIELD_NUMBER: _ClassVar[int]
     DURABILITY_FIELD_NUMBER: _ClassVar[int]
+    LOOP_LAG_FIELD_NUMBER: _ClassVar[int]
     events: int
     users: int
     segments: int
@@ -540,7 +541,8 @@ class Stats(_message.Message):
     uptime_ms: int
     retention_ms: int
     durability: Durability
-    def __init__(self, events: _Optional[int] = ..., users: _Optional[int] = ..., segments: _Optional[int] = ..., shards: _Optional[int] = ..., shard_stats: _Optional[_Iterable[_Union[ShardStats, _Mapping]]] = ..., now_ms: _Optional[int] = ..., clock: _Optional[str] = ..., events_accepted: _Optional[int] = ..., events_rejected: _Optional[int] = ..., ingest_events_per_s: _Optional[float] = ..., ingest_latency: _Optional[_Union[Latency, _Mapping]] = ..., round_latency: _Optional[_Union[Latency, _Mapping]] = ..., first_sequence: _Optional[int] = ..., last_sequence: _Optional[int] = ..., subscribers: _Optional[int] = ..., uptime_ms: _Optional[int] = ..., retention_ms: _Optional[int] = ..., durability: _Optional[_Union[Durability, _Mapping]] = ...) -> None: ...
+    loop_lag: Latency
+    def __init__(self, events: _Optional[int] = ..., users: _Optional[int] = ..., segments: _Optional[int] = ..., shards: _Optional[int] = ..., shard_stats: _Optional[_Iterable[_Union[ShardStats, _Mapping]]] = ..., now_ms: _Optional[int] = ..., clock: _Optional[str] = ..., events_accepted: _Optional[int] = ..., events_rejected: _Optional[int] = ..., ingest_events_per_s: _Optional[float] = ..., ingest_latency: _Optional[_Union[Latency, _Mapping]] = ..., round_latency: _Optional[_Union[Latency, _Mapping]] = ..., first_sequence: _Optional[int] = ..., last_sequence: _Optional[int] = ..., subscribers: _Optional[int] = ..., uptime_ms: _Optional[int] = ..., retention_ms: _Optional[int] = ..., durability: _Optional[_Union[Durability, _Mapping]] = ..., loop_lag: _Optional[_Union[Latency, _Mapping]] = ...) -> None: ...
 
 class Durability(_message.Message):
     __slots__ = ("fsync", "log_last_position", "log_bytes", "fsync_p99_ms", "snapshot_position", "snapshot_seconds", "recovery_seconds", "frames_replayed", "shard_restarts", "restore_seconds", "replay_seconds", "snapshot_pause_seconds")
