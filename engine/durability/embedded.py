@@ -72,10 +72,9 @@ class DeltaArrays:
     def _add(self, chunk, a: int, b: int) -> None:
         from engine.kernels._strings import split_strings
 
-        whole = a == 0 and b == len(chunk)
         for table, key, values in ((self._segs, "seg", chunk.segments),
                                    (self._users, "user", chunk.user_ids)):
-            col = split_strings(values if whole else values[a:b])
+            col = split_strings(values[a:b])
             self._parts[key].append(table.intern(col).astype(np.int32)[col.codes])
         self._parts["kind"].append(np.asarray(chunk.kind[a:b], np.int8))
         self._parts["cause"].append(np.asarray(chunk.cause[a:b], np.int8))

@@ -56,6 +56,7 @@ async def _snapshot_start(gw, background: bool):
                                        for i, c in enumerate(gw.shards)])
         deltas = DeltaArrays(gw.log.capture())     # converted after the pause, in steps
         arrays, meta = {"slot_map": gw.router.slot_map.astype(np.int32)}, _gateway_meta(gw)
+        meta["deltas"] = deltas.meta()             # the range of the captured chunks
         meta["history"], harrays = gw.history.export()
         arrays.update(harrays)
     except BaseException:
@@ -129,7 +130,6 @@ def _gateway_meta(gw) -> dict:
     from engine._segments import topological_order
 
     deployed = [[name, int(v)] for name, v in gw.models.deployed_versions().items()]
-    first, nxt = gw.log.first_retained, gw.log.last_sequence + 1
     return {
         "format": META_FORMAT,
         "clock": gw.clock.kind,
@@ -145,7 +145,6 @@ def _gateway_meta(gw) -> dict:
         "rfm": gw.rfm.state.to_dict(),
         "batch_ids": gw.batches.export(),
         "names": gw.names.to_dict() if gw.names is not None else None,
-        "deltas": {"first": int(first), "next": int(nxt)},
         "events_accepted": int(gw.events_accepted),
         "events_rejected": int(gw.events_rejected),
     }
