@@ -34,6 +34,7 @@ ALL_SEGMENTS = np.uint64(0xFFFF_FFFF_FFFF_FFFF)   # a ``tmask`` naming every seg
 TBLOCK_SHIFT = 10
 VALUE_COLUMN = "value"
 _NULL_BITS = int(V.NULL_BITS)
+EXPORT_PIECE_ROWS = 16_384   # users' events of one type per piece of ``export_steps`` (~2-4 ms)
 _EMPTY_I64 = np.zeros(0, np.int64)
 _EMPTY_U64 = np.zeros(0, np.uint64)
 
@@ -67,6 +68,16 @@ class _Staged:
     vals: np.ndarray
     src: np.ndarray          # (type, arena column) -> column of ``vals`` (SRC_NULL: none)
     cutoff: float
+
+
+def run_steps(steps):
+    """Drive a generator of steps (``export_steps``, ``apply_events_in_parts``) to its end
+    -> what it returns."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
 
 def _parts_of_due(due: np.ndarray, rows: np.ndarray, parts: list) -> np.ndarray:
@@ -654,6 +665,13 @@ class ShardCore(ShardModels, ShardRfm):
         """Everything about the users of the given hash slots, as plain arrays keyed by
         names (event types, properties, traits, segments), for ``import_state`` on another
         shard. String values travel as strings, not as this shard's codes."""
+        return run_steps(self.export_steps(slots))
+
+    def export_steps(self, slots):
+        """``export_slots`` as a generator that returns its result (``StopIteration.value``)
+        and yields between pieces of about ``EXPORT_PIECE_ROWS`` users' events of one type,
+        so that a snapshot can let reads in between two (``ShardHost.snapshot_part``). The
+        state must not change until it returns."""
         wanted = np.unique(np.asarray(list(slots), np.int64))
         if np.isin(np.arange(NUM_SLOTS), wanted).all():
             rows = self._known_rows()        # a snapshot: every user, no hashing
@@ -670,13 +688,21 @@ class ShardCore(ShardModels, ShardRfm):
 
         events = {}
         for t, name in enumerate(self.type_names):
-            owner, words = KS._export_lists(rows, t, int(self.width[t]), self.arena, self.h)
-            if len(owner):
-                cols = sorted(self.type_cols[t].items(), key=lambda kv: kv[1])
-                by_col = np.ascontiguousarray(words.T)    # one pass, then each column is contiguous
-                del words
-                events[name] = {"owner": owner, "timestamp_ms": by_col[0].astype(np.int64),
-                                "columns": {p: strings_of(by_col[c]) for p, c in cols}}
+            n = KS._export_count(rows, t, self.h)
+            if not n:
+                continue
+            w = int(self.width[t])
+            owner = np.empty(n, np.int64)
+            by_col = np.empty((w, n), np.float64)
+            k = 0
+            for a in range(0, len(rows), EXPORT_PIECE_ROWS):
+                k = KS._export_fill(rows, a, min(a + EXPORT_PIECE_ROWS, len(rows)), t, w, self.arena, self.h,
+                                    owner, by_col, k)
+                yield
+            cols = sorted(self.type_cols[t].items(), key=lambda kv: kv[1])
+            events[name] = {"owner": owner, "timestamp_ms": by_col[0].astype(np.int64),
+                            "columns": {p: strings_of(by_col[c]) for p, c in cols}}
+            yield
         traits = {name: strings_of(self.traits[sel, c].copy()) for name, c in self.trait_ids.items()}
         member_words: dict[int, np.ndarray] = {}
         members = {}
@@ -684,6 +710,7 @@ class ShardCore(ShardModels, ShardRfm):
             if s >> 6 not in member_words:
                 member_words[s >> 6] = self.member[sel, s >> 6]
             members[name] = np.flatnonzero((member_words[s >> 6] >> np.uint64(s & 63)) & np.uint64(1))
+        yield
         all_codes = np.flatnonzero(used).astype(np.int64)
         return {
             "user_ids": self.users.gather(rows),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 import pytest
 
@@ -120,6 +121,76 @@ def test_a_reader_goes_in_between_two_steps_never_during_one():
     w.join(30)
     assert len(seen) == 5 and not any(overlap)
     assert seen[-1] < 200, "the reader waited for every step: no handover"
+
+
+def test_a_snapshot_copies_in_pieces_with_reads_in_between_and_no_step(tmp_path, monkeypatch):
+    """``ShardHost.snapshot_part`` lets a read in between two pieces of its copy, while a
+    round that arrives meanwhile waits until the copy is done (the snapshot holds the state
+    as it was before that round; the file is written after, the round may run meanwhile)."""
+    import engine._shard as shard_mod
+    from engine._batch import prepare_events
+    from engine._segments import SegmentRegistry
+    from engine._steps import Step
+    from engine.server._actor import ShardHost
+
+    day = 86_400_000
+    monkeypatch.setattr(shard_mod, "EXPORT_PIECE_ROWS", 1)     # a piece per user and type
+    host = ShardHost(0, {"retention_ms": 30 * day})
+    host.run([(Step.CREATE_SEGMENT, SegmentRegistry(30 * day).validate("v", "count(v, 1d) >= 1", now_ms=T0), T0)])
+
+    def events(users, t):
+        return prepare_events(users, ["v"] * len(users), [t] * len(users), now_ms=t, retention_ms=30 * day,
+                              clock="event")[0]
+
+    host.run([(Step.EVENTS, events([f"u{i}" for i in range(20)], T0), T0)])
+    order: list[str] = []
+    copying, at_gate = threading.Event(), threading.Event()
+    writing = host.gate.writing
+
+    def writing_noted():
+        at_gate.set()
+        return writing()
+
+    monkeypatch.setattr(host.gate, "writing", writing_noted)
+    export = host.core.export_steps
+
+    def export_steps(slots):      # the copy, held after its first piece until a read and a round wait
+        steps = export(slots)
+        yield next(steps)
+        copying.set()
+        assert at_gate.wait(30)
+        for _ in range(30_000):
+            if host.gate._waiting:
+                break
+            time.sleep(0.001)
+        state = yield from steps
+        order.append("copied")
+        return state
+
+    monkeypatch.setattr(host.core, "export_steps", export_steps)
+    info: dict = {}
+
+    def snapshot():
+        info.update(host.snapshot_part(str(tmp_path), "shard-0"))
+
+    def read():
+        view = host.read("user_view", "u3")
+        order.append("read")
+        assert view["segments"] == ["v"]
+
+    def write():
+        host.run([(Step.EVENTS, events(["late"], T0 + 1), T0 + 1)])
+        order.append("round")
+
+    threads = [threading.Thread(target=f) for f in (snapshot, read, write)]
+    threads[0].start()
+    assert copying.wait(30)                            # the copy has begun: then a read and a round
+    for t in threads[1:]:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert order == ["read", "copied", "round"]
+    assert info["meta"]["users"] == 20                 # the state before the round
 
 
 def test_subscribers_sharing_encoded_pages_each_get_their_own_segments(server):

@@ -485,9 +485,17 @@ def prune_snapshots(root, keep: int = 2) -> list[Path]:
 def core_snapshot(core) -> tuple[dict[str, np.ndarray], dict]:
     """Every user of a ShardCore as flat arrays, and the small meta that goes with them
     (counters, configuration, the segments and models it was taken with)."""
+    from .._shard import run_steps
+
+    return run_steps(core_snapshot_steps(core))
+
+
+def core_snapshot_steps(core):
+    """``core_snapshot`` as a generator of steps (``ShardCore.export_steps``) that returns
+    its result: the caller may let reads in between two, never a change of the state."""
     from ..kernels._strings import NUM_SLOTS
 
-    state = core.export_slots(range(NUM_SLOTS))
+    state = yield from core.export_steps(range(NUM_SLOTS))
     meta = {
         "format": FORMAT,
         "users": len(state["user_ids"]),

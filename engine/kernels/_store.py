@@ -317,18 +317,24 @@ def _remap_strings(vals, cols, mapping, str_tag, tag_mask, payload_mask):
 
 
 @njit(cache=True)
-def _export_lists(rows, t, w, arena, h):
-    """Every live event of type ``t`` of the given rows, in list order:
-    (index into ``rows`` per event, the events' words as an ``[n, w]`` matrix)."""
+def _export_count(rows, t, h):
+    """Live events of type ``t`` of the given rows (the size ``_export_fill`` fills)."""
     n = 0
     for i in range(rows.shape[0]):
         hd = h[rows[i], t]
         if hd != NO_BLOCK:
             n += h_len(hd)
-    owner = np.empty(n, np.int64)
-    out = np.empty((n, w), np.float64)
-    k = 0
-    for i in range(rows.shape[0]):
+    return n
+
+
+@njit(cache=True)
+def _export_fill(rows, a, b, t, w, arena, h, owner, out, k):
+    """The live events of type ``t`` of ``rows[a:b]``, in list order, from event ``k`` of
+    ``owner`` (index into ``rows`` per event) and ``out`` (the events' words as a ``[w, n]``
+    matrix: word ``c`` of every event in one contiguous row, as a snapshot stores them; a
+    transpose after the gather cost half of a snapshot's copy) -> the next ``k``. Rows in
+    ranges, so that a snapshot can let reads in between two (``ShardCore.export_steps``)."""
+    for i in range(a, b):
         hd = h[rows[i], t]
         if hd == NO_BLOCK:
             continue
@@ -338,6 +344,6 @@ def _export_lists(rows, t, w, arena, h):
             base = off + (st + e) * w
             owner[k] = i
             for c in range(w):
-                out[k, c] = arena[base + c]
+                out[c, k] = arena[base + c]
             k += 1
-    return owner, out
+    return k

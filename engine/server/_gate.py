@@ -10,6 +10,11 @@ apply_events_in_parts``), and a read waits for at most one part: it sees each us
 before or after the step. Every other method that changes the shard's state holds the lock
 for its whole run.
 
+A long operation that only reads the state but must see it unchanged from start to end (a
+snapshot's copy, ``ShardHost.snapshot_part``) holds ``writers_paused`` for its whole run and
+the lock for each of its pieces (``piece``): no step runs until it ends, reads go in between
+two pieces.
+
 Handing over is explicit because ``threading.Lock`` is not fair: a writer that releases it and
 takes it again at once would starve a reader that is woken in between.
 """
@@ -26,6 +31,7 @@ HANDOVER_TIMEOUT_S = 0.5      # a writer never waits longer than this for reader
 class ReadGate:
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._writers = threading.Lock()   # held by every writer, or by ``writers_paused``
         self._cv = threading.Condition(threading.Lock())
         self._waiting = 0
         self.last_read_s = -1e9          # time.monotonic() of the last read's arrival
@@ -37,6 +43,19 @@ class ReadGate:
     @contextmanager
     def writing(self):
         """One step (or a whole method) that changes the state."""
+        with self._writers, self._lock:
+            yield
+
+    @contextmanager
+    def writers_paused(self):
+        """No writer runs until this ends; reads may go in between its ``piece``\ s."""
+        with self._writers:
+            yield
+
+    @contextmanager
+    def piece(self):
+        """One piece of a ``writers_paused`` operation (readers waiting go first)."""
+        self.let_readers_in()
         with self._lock:
             yield
 
