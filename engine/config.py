@@ -73,6 +73,13 @@ _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
 
 
+def _niceness(text: str) -> int:
+    n = _non_negative_int(text)
+    if n > 19:
+        raise ConfigError(f"a nice value is at most 19, not {n}")
+    return n
+
+
 def _fsync(text: str) -> str:
     if text not in ("always", "interval", "never"):
         raise ConfigError(f"fsync must be always, interval or never, not {text!r}")
@@ -146,6 +153,9 @@ OPTIONS: tuple[_Option, ...] = (
             "deltas kept for Subscribe resume", "N"),
     _Option("object_store_mb", "--object-store-mb", _positive_int, 256,
             "object store of the embedded local Ray, in MB", "MB"),
+    _Option("shard_niceness", "--shard-niceness", _niceness, 5,
+            "nice value of the embedded Ray's worker processes, the shards (0-19; Ray's own "
+            "default is 15, which gives them a thirtieth of a core against any busy process at 0)", "N"),
     _Option("max_events_per_type", "--max-events-per-type", _positive_int, 4096,
             "events kept per user and event type (at most 4096)", "N"),
     _Option("rescore_interval", "--rescore-interval", str, "1h",
@@ -244,6 +254,7 @@ class ServerConfig:
     tick_interval_ms: int = 10
     delta_log_size: int = 1_000_000
     object_store_mb: int = 256
+    shard_niceness: int = 5
     max_events_per_type: int = 4096
     rescore_interval: str = "1h"
     rfm_interval: str = "60s"

@@ -71,7 +71,8 @@ def dataclasses_frozen_error():
 
 
 @pytest.mark.parametrize("argv", [["--clock", "sideways"], ["--retention", "forever"],
-                                  ["--shards", "0"], ["--tls-cert", "c.pem"], ["--port", "x"]])
+                                  ["--shards", "0"], ["--tls-cert", "c.pem"], ["--port", "x"],
+                                  ["--shard-niceness", "20"], ["--shard-niceness", "-1"]])
 def test_bad_configuration(argv):
     with pytest.raises(ConfigError):
         _parse(argv, {})

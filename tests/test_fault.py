@@ -11,6 +11,7 @@ import subprocess
 
 from engine import Engine
 from engine.client import Client
+from engine.config import ServerConfig
 from tests.test_server_support import ServerProcess, wait_until
 
 T0 = 1_700_000_000_000
@@ -54,6 +55,9 @@ def test_a_killed_shard_actor_is_rebuilt_from_snapshot_and_log(tmp_path):
                 ref.ingest(b)
             pids = wait_until(lambda: shard_pids(srv.proc.pid) or None, timeout_s=30)
             assert len(pids) >= 2, pids
+            # the shards run --shard-niceness (default 5) above the gateway, not at Ray's 15
+            gw_nice = os.getpriority(os.PRIO_PROCESS, srv.proc.pid)
+            assert {os.getpriority(os.PRIO_PROCESS, p) - gw_nice for p in pids} == {ServerConfig().shard_niceness}
             os.kill(pids[0], signal.SIGKILL)
             wait_until(lambda: pids[0] not in shard_pids(srv.proc.pid), timeout_s=30)
             for k in range(45, 80):                   # the first round finds the shard dead

@@ -42,6 +42,11 @@ def init_ray(config: ServerConfig) -> bool:
         # ~10 % of the CPU under load. rtseg has its own metrics (GetStats, /metrics); set
         # RAY_enable_metrics_collection=1 to have Ray's back.
         os.environ.setdefault("RAY_enable_metrics_collection", "0")
+        # Ray starts its workers (the shards) at nice 15: against any busy process at nice 0
+        # (a client on the same machine, the gateway) they then get ~3 % of a core. rtseg's
+        # default of 5 keeps the gateway ahead of them without starving them
+        # (docs/architecture.md, "Ninth round of issue 11").
+        os.environ["RAY_worker_niceness"] = str(config.shard_niceness)
         ray.init(address="local", num_cpus=os.cpu_count() or 1,
                  object_store_memory=config.object_store_mb * 1024 * 1024, **common)
     return True
