@@ -118,3 +118,33 @@ def test_a_new_column_after_a_user_deletion_does_not_reuse_narrow_free_blocks():
     eng.ingest(batch)
     assert eng.members("a") == {"u"}
     assert eng.stats()["events_retained"] == 5
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_the_arena_grows_in_place_or_by_a_copy_with_the_same_state(held):
+    """The arena grows by a realloc when nothing else refers to it, else by a copy (a view
+    held outside, as a debugger or a caller might): the same events either way."""
+    rng = np.random.default_rng(11)
+    eng = Engine(clock="event", retention="30d")     # no retention sweep (a new arena) meanwhile
+    for k, v in SEGMENTS.items():
+        eng.create_segment(k, v)
+    core = eng._core
+    first = _stream(np.random.default_rng(3), n=500)
+    eng.ingest_columns(user_id=first[0], type=first[1], timestamp_ms=first[2], value=first[3],
+                       properties={"sku": first[4]})
+    size = core.arena.shape[0]
+    view = core.arena[:8] if held else None
+    before = id(core.arena)       # not a reference (a weak one also makes numpy refuse to resize)
+    users, types, ts, vals, skus = _stream(rng, n=40_000)
+    eng.ingest_columns(user_id=users, type=types, timestamp_ms=ts + 20 * H, value=vals, properties={"sku": skus})
+    assert core.arena.shape[0] > size                  # it grew
+    assert (id(core.arena) == before) is not held      # the same array, or a copy beside the view
+    ref = Engine(clock="event", retention="30d")
+    for k, v in SEGMENTS.items():
+        ref.create_segment(k, v)
+    ref._core._grow_arena(40_000 * 8)                  # room ahead: no growth on the way
+    for u, t, s, v, k, off in (first + (0,), (users, types, ts, vals, skus, 20 * H)):
+        ref.ingest_columns(user_id=u, type=t, timestamp_ms=s + off, value=v, properties={"sku": k})
+    for name in SEGMENTS:
+        assert eng.members(name) == ref.members(name)
+    assert eng.deltas() == ref.deltas()
