@@ -139,6 +139,7 @@ def test_the_arena_grows_in_place_or_by_a_copy_with_the_same_state(held):
     eng.ingest_columns(user_id=users, type=types, timestamp_ms=ts + 20 * H, value=vals, properties={"sku": skus})
     assert core.arena.shape[0] > size                  # it grew
     assert (id(core.arena) == before) is not held      # the same array, or a copy beside the view
+    assert view is None or view.base is not core.arena
     ref = Engine(clock="event", retention="30d")
     for k, v in SEGMENTS.items():
         ref.create_segment(k, v)
