@@ -48,7 +48,8 @@ class ReadGate:
 
     @contextmanager
     def writers_paused(self):
-        """No writer runs until this ends; reads may go in between its ``piece``\ s."""
+        """No writer runs until this ends; reads may go in between two of its pieces
+        (``piece``)."""
         with self._writers:
             yield
 
