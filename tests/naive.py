@@ -12,6 +12,7 @@ string by its code in the shard's table).
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 
 DAY_MS = 86_400_000
@@ -101,13 +102,40 @@ def since_value(func, events, now, retention_ms, match=lambda e: True):
 def leaf_next_change(func, events, now, window_ms, match=lambda e: True):
     """The leaf's next discontinuity when it is not compared with a constant: the next event
     of the type after ``now``, or the departure (``t + W``) of the oldest matching event in
-    the window, whichever comes first."""
+    the window, whichever comes first; for ``min`` / ``max``, of the newest event holding
+    the extreme value (``affinity``: ``affinity_next_change``)."""
     future = [e.t for e in events if e.t > now]
     nxt = min(future, default=INF_MS)
     win = in_window(events, now, window_ms, match)
+    if func in ("min", "max"):
+        # only the newest holder of the extreme value (its bits: 0.0 is not -0.0) moves it
+        best = leaf_value(func, events, now, window_ms, match)
+        holders = [e for e in win if e.num is not None and struct.pack("<d", e.num) == struct.pack("<d", best)]
+        return min(nxt, holders[-1].t + window_ms) if holders else nxt
     if win:
         nxt = min(nxt, win[0].t + window_ms)
     return nxt
+
+
+def affinity_next_change(events, now, window_ms, match=lambda e: True):
+    """``affinity``'s next possible change: the next event of the type after ``now``, or the
+    departure of the top value's ``lead``-th oldest event in the window, ``lead`` being its
+    count minus the runner-up's (at least 1), since only the top value's departures can take
+    its place."""
+    future = [e.t for e in events if e.t > now]
+    nxt = min(future, default=INF_MS)
+    win = in_window(events, now, window_ms, match)
+    top = leaf_value("affinity", events, now, window_ms, match)
+    if top is None:
+        return nxt
+    counts: dict = {}
+    for e in win:
+        if e.sku is not None:
+            counts[e.sku] = counts.get(e.sku, 0) + 1
+    runner_up = max((c for v, c in counts.items() if v != top), default=0)
+    lead = max(counts[top] - runner_up, 1)
+    tops = [e for e in win if e.sku == top]
+    return min(nxt, tops[lead - 1].t + window_ms)
 
 
 def since_next_change(func, events, now, retention_ms, match=lambda e: True):

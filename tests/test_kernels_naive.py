@@ -77,7 +77,7 @@ def event_lists(draw):
     skus = st.integers(0, {"few": 2, "many": 40, "long": 30}[size])
     nums = skus if size != "long" else st.integers(0, draw(st.sampled_from((3, 30))))
     events = [N.Event(BASE + k * unit,
-                      draw(st.one_of(st.none(), st.sampled_from(DYADIC))),
+                      draw(st.one_of(st.none(), st.sampled_from(DYADIC + (-0.0,)))),   # -0.0: min/max bits
                       draw(st.one_of(st.none(), st.builds(N.Str, skus), nums.map(float))))
               for k in ks]
     now = BASE + draw(st.integers(0, 24)) * unit
@@ -149,7 +149,26 @@ def test_leaf_aggregates_match_their_definitions(func, inp, filt, value, slots):
     want = N.leaf_value(func, events, now, window, matcher(filt), value=value)
     assert same(val, want, approx=func == "affinity_score"), (func, val, want)
     assert slope == 0.0
-    assert nxt == N.leaf_next_change(func, events, now, window, matcher(filt))
+    if func == "affinity":
+        assert nxt == N.affinity_next_change(events, now, window, matcher(filt))
+    else:
+        assert nxt == N.leaf_next_change(func, events, now, window, matcher(filt))
+
+
+@SETTINGS
+@given(inp=event_lists(), filt=filters)
+def test_affinity_holds_until_its_next_change(inp, filt):
+    """``affinity`` schedules its timer at the first departure that can change it, later than
+    the oldest event's when the top value leads: the value holds at every arrival or departure
+    before then."""
+    events, now, window = inp
+    val, _, nxt = run_leaf(events, now, 0, K.L_AFF, window, col=SKU_COL, filt=filt)
+    m = matcher(filt)
+    want = N.leaf_value("affinity", events, now, window, m)
+    assert same(val, want)
+    assert nxt > now
+    for t in N.change_times(events, now, window, nxt):
+        assert N.leaf_value("affinity", events, t, window, m) == want, (t, nxt)
 
 
 @SETTINGS

@@ -192,7 +192,9 @@ def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arena, width, h
     The next discontinuity is the earliest of: the next future event entering the window, and
     the departure (``t + W``) of the oldest matching event in the window, or, for a leaf that
     is compared with a constant (``LEAF_CMP_OP`` / ``LEAF_CMP_CONST``), the first departure
-    after which that comparison can change (see ``_threshold_departure``).
+    after which that comparison can change (see ``_threshold_departure``), or for
+    ``affinity``, ``min`` and ``max`` the first departure after which the value can change
+    (``_affinity_departure``, ``_extreme_departure``).
 
     This finds the user's list and the window bounds, then hands over to the kind's own
     function (``_leaf_count``, ``_leaf_numeric``, ``_leaf_days``, ``_leaf_values``,
@@ -339,7 +341,24 @@ def _leaf_numeric(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, mt)
         val = total / nnum if nnum else null_value()
     else:
         val = best if nnum else null_value()
+        return val, 0.0, _extreme_departure(arena, mt, cnt, col, best, nnum, win, nxt)
     return val, 0.0, _departure(j, leaves, consts, arena, win, col, val, cnt, mt, nxt, kind == L_SUM)
+
+
+@njit(cache=True, _nrt=False)
+def _extreme_departure(arena, mt, cnt, col, best, nnum, win, nxt):
+    """``nxt`` lowered to when ``min`` / ``max`` changes by time alone: when the newest event
+    holding the extreme value (the same bits: 0.0 and -0.0 differ) leaves; no other departure
+    moves it, and without a number in the window it stays null. ``mt[:cnt]``: the matching
+    events' word positions, oldest first."""
+    if nnum == 0:
+        return nxt
+    key = f2i(best)
+    for q in range(cnt - 1, -1, -1):
+        e = mt[q]
+        if f2i(arena[e + col]) == key:
+            return _min(nxt, np.int64(arena[e]) + win)
+    return nxt
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -396,6 +415,8 @@ def _leaf_values(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, keys
         nk = nu
     if nk == 0:
         val = null_value() if kind == L_AFF or kind == L_AFF_SCORE or kind == L_AFF_RANK else 0.0
+        if kind == L_AFF:     # no value in the window: departures leave it null
+            return val, 0.0, nxt
     elif kind == L_AFF_SCORE:
         val = _affinity_score(keys, idx, nk, f2i(consts[leaves[j, LEAF_AUX]]), arena, off, w, win)
     elif kind == L_AFF_RANK:
@@ -403,6 +424,7 @@ def _leaf_values(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, keys
     else:
         runs = 0
         top = 0
+        second = 0     # the runner-up's count (ties with the top count included)
         top_key = np.int64(0)
         top_last = -1
         if nu >= 0:   # the table: keys[:nu], idx[:nu] = count << 32 | latest event index
@@ -411,9 +433,12 @@ def _leaf_values(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, keys
                 run = idx[u] >> 32
                 last = idx[u] & 0xFFFFFFFF
                 if run > top or (run == top and last > top_last):
+                    second = top
                     top = run
                     top_key = keys[u]
                     top_last = last
+                elif run > second:
+                    second = run
         else:         # the collected (value bits, event index) pairs, sorted by value
             _sort_pairs(keys, idx, nk)
             i = 0
@@ -422,17 +447,39 @@ def _leaf_values(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, keys
                 i, run, last = _run_of(keys, idx, i, nk)
                 runs += 1
                 if run > top or (run == top and last > top_last):
+                    second = top
                     top = run
                     top_key = key
                     top_last = last
+                elif run > second:
+                    second = run
         if kind == L_DISTINCT:
             val = float(runs)
         elif kind == L_TOP:
             val = float(top)
         else:
             val = i2f(top_key)
+            return val, 0.0, _affinity_departure(arena, mt, cnt, col, top_key, top - second, win, nxt)
     return val, 0.0, _departure(j, leaves, consts, arena, win, col, val, cnt, mt, nxt,
                                 kind == L_DISTINCT or kind == L_TOP)
+
+
+@njit(cache=True, _nrt=False)
+def _affinity_departure(arena, mt, cnt, col, top_key, lead, win, nxt):
+    """``nxt`` lowered to the first departure after which ``affinity`` may change: events
+    leave oldest first, and only the departure of an event of the top value can take its
+    place (another value's count only falls), so the top keeps it until ``lead`` (its count
+    minus the runner-up's, at least 1: a tie is decided by the latest event) of its events
+    have left. ``mt[:cnt]``: the matching events' word positions, oldest first."""
+    need = lead if lead > 1 else 1
+    seen = 0
+    for q in range(cnt):
+        e = mt[q]
+        if f2i(arena[e + col]) == top_key:
+            seen += 1
+            if seen == need:
+                return _min(nxt, np.int64(arena[e]) + win)
+    return nxt
 
 
 @njit(cache=True, _nrt=False, inline="always")
