@@ -373,13 +373,18 @@ def _number(n) -> float | None:
 
 def _threshold_hint(n: A.Compare):
     """``(aggregate node, op, constant)`` when a comparison is ``aggregate op number`` (either
-    way round): its leaf can then schedule its timer at the first window departure that may
-    flip the comparison, instead of at every departure."""
+    way round), or ``affinity(...) == "string"``: its leaf can then schedule its timer at the
+    first window departure that may flip the comparison, instead of at every departure (or
+    every change of the top value). (Not ``!=``: a top that changes between a string and a
+    number flips ``!=``, since values of different kinds compare false.)"""
     for agg, other, op in ((n.left, n.right, n.op), (n.right, n.left, _FLIP[n.op])):
         if isinstance(agg, A.Aggregate) and agg.func in _THRESHOLD_FUNCS:
             c = _number(other)
             if c is not None:
                 return agg, op, c
+        if (isinstance(agg, A.Aggregate) and agg.func == "affinity" and op == "=="
+                and isinstance(other, A.Literal) and other.kind == "string"):
+            return agg, op, other.value
     return None
 
 

@@ -138,6 +138,29 @@ def affinity_next_change(events, now, window_ms, match=lambda e: True):
     return min(nxt, tops[lead - 1].t + window_ms)
 
 
+def affinity_compare_next_change(events, now, window_ms, value, match=lambda e: True):
+    """Next possible change of ``affinity(...) == value`` (a string ``value``):
+    while ``value`` is the top, ``affinity_next_change``; else the next event, or the
+    departure of the top's ``lead``-th oldest event, ``lead`` being its count minus
+    ``value``'s (at least 1), or, with ``value`` absent from the window, the departure of the
+    newest event with a value (after it the affinity is null)."""
+    top = leaf_value("affinity", events, now, window_ms, match)
+    if top is None or top == value:
+        return affinity_next_change(events, now, window_ms, match)
+    future = [e.t for e in events if e.t > now]
+    nxt = min(future, default=INF_MS)
+    win = in_window(events, now, window_ms, match)
+    counts: dict = {}
+    for e in win:
+        if e.sku is not None:
+            counts[e.sku] = counts.get(e.sku, 0) + 1
+    if value not in counts:
+        return min(nxt, [e for e in win if e.sku is not None][-1].t + window_ms)
+    lead = max(counts[top] - counts[value], 1)
+    tops = [e for e in win if e.sku == top]
+    return min(nxt, tops[lead - 1].t + window_ms)
+
+
 def since_next_change(func, events, now, retention_ms, match=lambda e: True):
     """Next discontinuity of since / since_first: the next event, or the used event leaving
     the retention."""

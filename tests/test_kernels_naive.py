@@ -156,6 +156,25 @@ def test_leaf_aggregates_match_their_definitions(func, inp, filt, value, slots):
 
 
 @SETTINGS
+@given(inp=event_lists(), filt=filters, value=st.builds(N.Str, st.integers(0, 3)))
+def test_affinity_compared_with_a_string_holds_until_its_timer(inp, filt, value):
+    """``affinity(...) == "VALUE"`` schedules its timer at the first departure that can
+    change the comparison: while VALUE is not the top, when VALUE may take its place (never,
+    when VALUE is absent: then when the window's last value leaves)."""
+    op = "=="
+    events, now, window = inp
+    val, _, nxt = run_leaf(events, now, 0, K.L_AFF, window, col=SKU_COL, filt=filt,
+                           cmp=(CMP_OPS[op], 0), consts=[value])
+    m = matcher(filt)
+    want = N.leaf_value("affinity", events, now, window, m)
+    assert same(val, want)
+    assert nxt == N.affinity_compare_next_change(events, now, window, value, m)
+    held = N.compare(op, want, value)
+    for t in N.change_times(events, now, window, nxt):
+        assert N.compare(op, N.leaf_value("affinity", events, t, window, m), value) == held, (t, nxt)
+
+
+@SETTINGS
 @given(inp=event_lists(), filt=filters)
 def test_affinity_holds_until_its_next_change(inp, filt):
     """``affinity`` schedules its timer at the first departure that can change it, later than

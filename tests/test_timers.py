@@ -138,3 +138,20 @@ def test_a_fired_timer_evaluates_only_the_segments_of_its_due_levels():
     eng.advance_clock(BASE + 6 * H)
     assert eng.members("mid") == set() and eng.members("long") == {"u"}
     assert core.timer[r] == BASE + 10 * H
+
+
+def test_affinity_equal_to_a_string_carries_its_comparison_and_not_equal_does_not():
+    """``affinity(...) == "x"`` hands its leaf the comparison (its timer then waits until "x"
+    may become the top); ``!=`` does not, since a top that changes between a string and a
+    number flips it; and a user without "x" in the window gets no timer from the window."""
+    from engine.kernels._layout import LEAF_CMP_OP
+
+    e = Engine(clock="event")
+    e.create_segment("eq", 'affinity(v.cat, 1d) == "x"')
+    e.create_segment("ne", 'affinity(v.cat, 1d) != "x"')
+    leaves = np.asarray(e._core.plan.leaves)
+    assert leaves[:, LEAF_CMP_OP].tolist() == [KE.OP_EQ, 0]
+    e.delete_segment("ne")
+    e.ingest([{"user_id": "u", "type": "v", "timestamp_ms": BASE + k * MIN, "properties": {"cat": c}}
+              for k, c in enumerate(["a", "b", "a"])])
+    assert int(e._core.timer[e._core._row_of("u")]) == BASE + 2 * MIN + 86_400_000   # the last value leaves

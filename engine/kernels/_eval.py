@@ -346,6 +346,17 @@ def _leaf_numeric(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, mt)
 
 
 @njit(cache=True, _nrt=False)
+def _last_value_departure(arena, mt, cnt, col, win, nxt):
+    """``nxt`` lowered to the departure of the newest matching event with a non-null value
+    (after it the window holds no value). ``mt[:cnt]``: word positions, oldest first."""
+    for q in range(cnt - 1, -1, -1):
+        e = mt[q]
+        if kind_of(arena[e + col]) != K_NULL:
+            return _min(nxt, np.int64(arena[e]) + win)
+    return nxt
+
+
+@njit(cache=True, _nrt=False)
 def _extreme_departure(arena, mt, cnt, col, best, nnum, win, nxt):
     """``nxt`` lowered to when ``min`` / ``max`` changes by time alone: when the newest event
     holding the extreme value (the same bits: 0.0 and -0.0 differ) leaves; no other departure
@@ -427,11 +438,17 @@ def _leaf_values(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, keys
         second = 0     # the runner-up's count (ties with the top count included)
         top_key = np.int64(0)
         top_last = -1
+        # affinity == a string (LEAF_CMP_OP, engine/_plan.py): that string's count in the window
+        vs = kind == L_AFF and leaves[j, LEAF_CMP_OP] != 0
+        vkey = f2i(consts[leaves[j, LEAF_CMP_CONST]]) if vs else np.int64(0)
+        vrun = 0
         if nu >= 0:   # the table: keys[:nu], idx[:nu] = count << 32 | latest event index
             runs = nu
             for u in range(nu):
                 run = idx[u] >> 32
                 last = idx[u] & 0xFFFFFFFF
+                if vs and keys[u] == vkey:
+                    vrun = run
                 if run > top or (run == top and last > top_last):
                     second = top
                     top = run
@@ -446,6 +463,8 @@ def _leaf_values(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, keys
                 key = keys[i]
                 i, run, last = _run_of(keys, idx, i, nk)
                 runs += 1
+                if vs and key == vkey:
+                    vrun = run
                 if run > top or (run == top and last > top_last):
                     second = top
                     top = run
@@ -459,6 +478,14 @@ def _leaf_values(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, keys
             val = float(top)
         else:
             val = i2f(top_key)
+            if vs and top_key != vkey:
+                # == "VALUE" is false until VALUE takes the top's place: after
+                # top - count(VALUE) of the top's departures at the earliest; a VALUE absent
+                # from the window never does, and the comparison changes only when the
+                # window's last value leaves (affinity null: the comparison null)
+                if vrun == 0:
+                    return val, 0.0, _last_value_departure(arena, mt, cnt, col, win, nxt)
+                return val, 0.0, _affinity_departure(arena, mt, cnt, col, top_key, top - vrun, win, nxt)
             return val, 0.0, _affinity_departure(arena, mt, cnt, col, top_key, top - second, win, nxt)
     return val, 0.0, _departure(j, leaves, consts, arena, win, col, val, cnt, mt, nxt,
                                 kind == L_DISTINCT or kind == L_TOP)
