@@ -748,7 +748,8 @@ def _threshold_departure(kind, op, c, val, cnt, col, arena, mt, win):
     """Earliest departure after which ``val op c`` may change, given the ``cnt`` matching
     events in the window (word positions ``mt[:cnt]``, oldest first).
 
-    ``sum`` is simulated exactly (its value after the k oldest leave). ``count``,
+    ``sum`` is simulated (its value after the k oldest leave), a result within rounding of
+    the constant taken as a change. ``count``,
     ``distinct``, ``top_count`` and ``active_days`` lose at most 1 per departure and reach 0
     when all have left, so after k departures they lie in [max(val - k, 0), val]: the first k
     where ``val - k`` (or 0) compares differently is the earliest possible change (exact for
@@ -757,13 +758,22 @@ def _threshold_departure(kind, op, c, val, cnt, col, arena, mt, win):
         return INF_MS
     now_true = _num_cmp(op, val, c)
     if kind == L_SUM:
+        # the running total minus what left can differ in its last bits from the sum that an
+        # evaluation then makes afresh (oldest first): |difference| <= ~3 n u sum|v|. A total
+        # that close to the constant counts as a possible change (early, never late).
+        mag = 0.0
+        for k in range(cnt):
+            v = arena[mt[k] + col]
+            if v == v:
+                mag += abs(v)
+        tol = 4.5e-16 * (cnt + 2) * mag
         rest = val
         for k in range(cnt):
             v = arena[mt[k] + col]
             if v == v:
                 rest -= v
             after = rest if k + 1 < cnt else 0.0
-            if _num_cmp(op, after, c) != now_true:
+            if _num_cmp(op, after, c) != now_true or abs(after - c) <= tol:
                 return np.int64(arena[mt[k]]) + win
         return INF_MS
     for k in range(1, cnt + 1):
