@@ -12,6 +12,7 @@ timers' minimum.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,14 +71,15 @@ class _Staged:
     cutoff: float
 
 
-def run_steps(steps):
-    """Drive a generator of steps (``export_steps``, ``apply_events_in_parts``) to its end
-    -> what it returns."""
+def run_steps(steps, each=None):
+    """Drive a generator of steps (``export_steps``) to its end -> what it returns; with
+    ``each``, every step runs inside the context manager ``each()`` makes (a lock's)."""
     while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
+        with each() if each is not None else contextlib.nullcontext():
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
 
 
 def _parts_of_due(due: np.ndarray, rows: np.ndarray, parts: list) -> np.ndarray:

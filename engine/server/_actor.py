@@ -227,15 +227,10 @@ class ShardHost:
 
         # the state copied in pieces with reads let in between (no step runs meanwhile): a
         # read waits for one piece (~2-4 ms), not for the whole copy (~40 ms per 50k users)
-        steps = S.core_snapshot_steps(self.core)
+        from engine._shard import run_steps
+
         with self.gate.writers_paused():
-            while True:
-                with self.gate.piece():
-                    try:
-                        next(steps)
-                    except StopIteration as done:
-                        arrays, meta = done.value
-                        break
+            arrays, meta = run_steps(S.core_snapshot_steps(self.core), self.gate.piece)
         if not background:
             return dict(S.write_part(tmp_dir, part, arrays), meta=meta)
         box: dict = {}
