@@ -360,7 +360,7 @@ class _Compiler:
 
 
 _FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
-_THRESHOLD_FUNCS = ("count", "sum", "distinct", "top_count", "active_days")
+_THRESHOLD_FUNCS = ("count", "sum", "avg", "distinct", "top_count", "active_days")
 
 
 def _number(n) -> float | None:

@@ -30,7 +30,7 @@ CMP_OPS = {"==": K.OP_EQ, "!=": K.OP_NE, "<": K.OP_LT, "<=": K.OP_LE, ">": K.OP_
 FUNCS = {"count": K.L_COUNT, "sum": K.L_SUM, "avg": K.L_AVG, "min": K.L_MIN, "max": K.L_MAX,
          "distinct": K.L_DISTINCT, "top_count": K.L_TOP, "active_days": K.L_DAYS,
          "affinity": K.L_AFF, "affinity_score": K.L_AFF_SCORE, "affinity_rank": K.L_AFF_RANK}
-THRESHOLD_FUNCS = ("count", "sum", "distinct", "top_count", "active_days")
+THRESHOLD_FUNCS = ("count", "sum", "avg", "distinct", "top_count", "active_days")
 
 
 def box(v) -> float:
@@ -221,7 +221,7 @@ def test_leaf_threshold_timer_never_misses_a_flip(inp, func, filt, op, c):
     """A leaf compared with a constant may schedule its timer later than its next departure,
     but never after the first time the comparison can flip."""
     events, now, window = inp
-    col = NUM_COL if func == "sum" else SKU_COL
+    col = NUM_COL if func in ("sum", "avg") else SKU_COL
     val, _, nxt = run_leaf(events, now, 0, FUNCS[func], window, col=col, filt=filt,
                            cmp=(CMP_OPS[op], 0), consts=[c])
     m = matcher(filt)
@@ -392,19 +392,20 @@ def test_string_table_intern(batches, probes):
     assert [table.get(c) for c in range(len(table))] == [twin.get(c) for c in range(len(twin.codes))]
 
 
+@pytest.mark.parametrize("func", ["sum", "avg"])
 @SETTINGS
 @given(st.lists(st.sampled_from((0.1, 0.2, 0.3, 0.7, 1.1, 2.2)), min_size=1, max_size=12),
        st.sampled_from(sorted(CMP_OPS)), st.sampled_from((0.3, 0.5, 0.6, 1.0, 1.3, 2.5, 3.3)))
-def test_sum_threshold_timer_is_never_late_with_inexact_decimals(nums, op, c):
-    """``sum`` compared with a constant, over values that binary floats cannot hold exactly:
-    the remaining sum after departures, summed afresh oldest first (as an evaluation sums),
-    can differ in its last bit from the running total minus what left, so the timer must
-    not trust a comparison that close to the constant."""
+def test_sum_threshold_timer_is_never_late_with_inexact_decimals(func, nums, op, c):
+    """``sum`` / ``avg`` compared with a constant, over values that binary floats cannot hold
+    exactly: the remaining sum after departures, summed afresh oldest first (as an evaluation
+    sums), can differ in its last bit from the running total minus what left, so the timer
+    must not trust a comparison that close to the constant."""
     unit = 3_600_000
     events = [N.Event(BASE + k * unit, x, None) for k, x in enumerate(nums)]
     now, window = BASE + (len(nums) - 1) * unit, len(nums) * unit
-    val, _, nxt = run_leaf(events, now, 0, K.L_SUM, window, col=NUM_COL, cmp=(CMP_OPS[op], 0), consts=[c])
-    assert val == N.leaf_value("sum", events, now, window)
+    val, _, nxt = run_leaf(events, now, 0, FUNCS[func], window, col=NUM_COL, cmp=(CMP_OPS[op], 0), consts=[c])
+    assert val == N.leaf_value(func, events, now, window)
     held = N.compare(op, val, c)
     for t in N.change_times(events, now, window, nxt):
-        assert N.compare(op, N.leaf_value("sum", events, t, window), c) == held, (t, nxt)
+        assert N.compare(op, N.leaf_value(func, events, t, window), c) == held, (t, nxt)

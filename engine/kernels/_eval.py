@@ -342,7 +342,8 @@ def _leaf_numeric(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, mt)
     else:
         val = best if nnum else null_value()
         return val, 0.0, _extreme_departure(arena, mt, cnt, col, best, nnum, win, nxt)
-    return val, 0.0, _departure(j, leaves, consts, arena, win, col, val, cnt, mt, nxt, kind == L_SUM)
+    return val, 0.0, _departure(j, leaves, consts, arena, win, col, val, cnt, mt, nxt,
+                                kind == L_SUM or kind == L_AVG)
 
 
 @njit(cache=True, _nrt=False)
@@ -748,8 +749,9 @@ def _threshold_departure(kind, op, c, val, cnt, col, arena, mt, win):
     """Earliest departure after which ``val op c`` may change, given the ``cnt`` matching
     events in the window (word positions ``mt[:cnt]``, oldest first).
 
-    ``sum`` is simulated (its value after the k oldest leave), a result within rounding of
-    the constant taken as a change. ``count``,
+    ``sum`` and ``avg`` are simulated (their value after the k oldest leave), a result within
+    rounding of the constant taken as a change (and ``avg`` changes to null when its last
+    number leaves). ``count``,
     ``distinct``, ``top_count`` and ``active_days`` lose at most 1 per departure and reach 0
     when all have left, so after k departures they lie in [max(val - k, 0), val]: the first k
     where ``val - k`` (or 0) compares differently is the earliest possible change (exact for
@@ -757,7 +759,7 @@ def _threshold_departure(kind, op, c, val, cnt, col, arena, mt, win):
     if c != c:
         return INF_MS
     now_true = _num_cmp(op, val, c)
-    if kind == L_SUM:
+    if kind == L_SUM or kind == L_AVG:
         # the running total minus what left can differ in its last bits from the sum that an
         # evaluation then makes afresh (oldest first): |difference| <= ~3 n u sum|v|. A total
         # that close to the constant counts as a possible change (early, never late).
@@ -767,13 +769,38 @@ def _threshold_departure(kind, op, c, val, cnt, col, arena, mt, win):
             if v == v:
                 mag += abs(v)
         tol = 4.5e-16 * (cnt + 2) * mag
-        rest = val
+        if kind == L_SUM:
+            rest = val
+            for k in range(cnt):
+                v = arena[mt[k] + col]
+                if v == v:
+                    rest -= v
+                after = rest if k + 1 < cnt else 0.0
+                if _num_cmp(op, after, c) != now_true or abs(after - c) <= tol:
+                    return np.int64(arena[mt[k]]) + win
+            return INF_MS
+        # avg: the total and the count of numbers left; null (the comparison null) once the
+        # last number has left
+        if val != val:
+            return INF_MS
+        total = 0.0
+        nnum = 0
         for k in range(cnt):
             v = arena[mt[k] + col]
             if v == v:
-                rest -= v
-            after = rest if k + 1 < cnt else 0.0
-            if _num_cmp(op, after, c) != now_true or abs(after - c) <= tol:
+                total += v
+                nnum += 1
+        for k in range(cnt):
+            v = arena[mt[k] + col]
+            if v != v:
+                continue
+            total -= v
+            nnum -= 1
+            if nnum == 0:
+                return np.int64(arena[mt[k]]) + win
+            after = total / nnum
+            if (_num_cmp(op, after, c) != now_true
+                    or abs(after - c) <= tol / nnum + 4.5e-16 * abs(after)):
                 return np.int64(arena[mt[k]]) + win
         return INF_MS
     for k in range(1, cnt + 1):
