@@ -535,6 +535,20 @@ def test_arithmetic_edge_cases(engine_factory):
     assert p.members("never") == {"u", "v"}
 
 
+def test_a_quotient_whose_denominator_time_moves_off_zero(engine_factory):
+    """``x / since(...)`` is null while ``since`` is 0 and defined a moment later: the user
+    must be checked again then (found by the thorough profile of the random streams)."""
+    p = Pair(engine_factory)
+    p.create("q", "(since(trait.signup_at) / since(trait.signup_at)) != 0")
+    p.advance(B - M)
+    for u in ("u", "v"):
+        p.set_traits(u, {"signup_at": B})
+    assert p.members("q") == {"u", "v"}
+    p.ingest([ev("u", "view", B)])                    # the clock at the signup: 0 / 0
+    assert p.members("q") == set()
+    assert sorted(p.advance(B + 1)) == [("q", "u", "ENTER", "TIME"), ("q", "v", "ENTER", "TIME")]
+
+
 def test_sequence_needs_strictly_increasing_times(engine_factory):
     p = Pair(engine_factory)
     p.create("ab", "sequence(view, buy, 1h)")

@@ -1025,6 +1025,8 @@ def _program(r, now, poff, plen, prog, consts, lv, ls, lnx, traits, member, vst,
                 if y == 0.0:
                     vst[sp - 1] = null_value()
                     sst[sp - 1] = 0.0
+                    if sy != 0.0:    # a denominator that time moves off 0: defined a moment later
+                        nst[sp - 1] = _min(nst[sp - 1], now + 1)
                     continue
                 v = x / y
                 sl = sx / y if sy == 0.0 else np.nan
