@@ -535,18 +535,21 @@ def test_arithmetic_edge_cases(engine_factory):
     assert p.members("never") == {"u", "v"}
 
 
-def test_a_quotient_whose_denominator_time_moves_off_zero(engine_factory):
-    """``x / since(...)`` is null while ``since`` is 0 and defined a moment later: the user
-    must be checked again then (found by the thorough profile of the random streams)."""
+def test_a_null_quotient_or_product_that_time_defines(engine_factory):
+    """``x / since(...)`` is null while ``since`` is 0, and ``since(...) * inf`` likewise, and
+    both are defined a moment later: the user must be checked again then (found by the
+    thorough profile of the random streams)."""
     p = Pair(engine_factory)
     p.create("q", "(since(trait.signup_at) / since(trait.signup_at)) != 0")
     p.advance(B - M)
     for u in ("u", "v"):
         p.set_traits(u, {"signup_at": B})
     assert p.members("q") == {"u", "v"}
+    p.create("m", "(since(view) * since(cart)) != 0")   # 0 * inf: null now, inf a moment later
     p.ingest([ev("u", "view", B)])                    # the clock at the signup: 0 / 0
-    assert p.members("q") == set()
-    assert sorted(p.advance(B + 1)) == [("q", "u", "ENTER", "TIME"), ("q", "v", "ENTER", "TIME")]
+    assert p.members("q") == set() and p.members("m") == {"v"}
+    assert sorted(p.advance(B + 1)) == [("m", "u", "ENTER", "TIME"), ("q", "u", "ENTER", "TIME"),
+                                        ("q", "v", "ENTER", "TIME")]
 
 
 def test_sequence_needs_strictly_increasing_times(engine_factory):

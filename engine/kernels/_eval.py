@@ -1033,6 +1033,8 @@ def _program(r, now, poff, plen, prog, consts, lv, ls, lnx, traits, member, vst,
             if v != v:
                 vst[sp - 1] = null_value()
                 sst[sp - 1] = 0.0
+                if sx != 0.0 or sy != 0.0:   # e.g. 0 * inf with the 0 moving: defined a moment later
+                    nst[sp - 1] = _min(nst[sp - 1], now + 1)
             else:
                 vst[sp - 1] = v
                 sst[sp - 1] = sl if math.isfinite(v) else 0.0
