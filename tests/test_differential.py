@@ -546,9 +546,11 @@ def test_a_null_quotient_or_product_that_time_defines(engine_factory):
         p.set_traits(u, {"signup_at": B})
     assert p.members("q") == {"u", "v"}
     p.create("m", "(since(view) * since(cart)) != 0")   # 0 * inf: null now, inf a moment later
+    p.create("n", "(since(cart) * since(trait.signup_at)) != 0")   # -inf, null at B, then inf
     p.ingest([ev("u", "view", B)])                    # the clock at the signup: 0 / 0
-    assert p.members("q") == set() and p.members("m") == {"v"}
-    assert sorted(p.advance(B + 1)) == [("m", "u", "ENTER", "TIME"), ("q", "u", "ENTER", "TIME"),
+    assert p.members("q") == set() and p.members("m") == {"v"} and p.members("n") == set()
+    assert sorted(p.advance(B + 1)) == [("m", "u", "ENTER", "TIME"), ("n", "u", "ENTER", "TIME"),
+                                        ("n", "v", "ENTER", "TIME"), ("q", "u", "ENTER", "TIME"),
                                         ("q", "v", "ENTER", "TIME")]
 
 

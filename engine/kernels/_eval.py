@@ -1037,7 +1037,17 @@ def _program(r, now, poff, plen, prog, consts, lv, ls, lnx, traits, member, vst,
                     nst[sp - 1] = _min(nst[sp - 1], now + 1)
             else:
                 vst[sp - 1] = v
-                sst[sp - 1] = sl if math.isfinite(v) else 0.0
+                if math.isfinite(v):
+                    sst[sp - 1] = sl
+                else:
+                    sst[sp - 1] = 0.0
+                    if op == OP_MUL or op == OP_DIV:
+                        # an infinite product or quotient turns null, then changes sign, when
+                        # a finite factor that time moves crosses 0 (inf * since(...))
+                        if sx != 0.0 and math.isfinite(x):
+                            nst[sp - 1] = _cross(x, sx, 0.0, 0.0, now, nst[sp - 1])
+                        if sy != 0.0 and math.isfinite(y):
+                            nst[sp - 1] = _cross(y, sy, 0.0, 0.0, now, nst[sp - 1])
         elif op >= OP_EQ and op <= OP_GE:
             sp -= 1
             x = vst[sp - 1]
