@@ -764,10 +764,14 @@ def _threshold_departure(kind, op, c, val, cnt, col, arena, mt, win):
         # evaluation then makes afresh (oldest first): |difference| <= ~3 n u sum|v|. A total
         # that close to the constant counts as a possible change (early, never late).
         mag = 0.0
+        total = 0.0       # avg: the total and the count of the numbers
+        nnum = 0
         for k in range(cnt):
             v = arena[mt[k] + col]
             if v == v:
                 mag += abs(v)
+                total += v
+                nnum += 1
         tol = 4.5e-16 * (cnt + 2) * mag
         if kind == L_SUM:
             rest = val
@@ -783,13 +787,6 @@ def _threshold_departure(kind, op, c, val, cnt, col, arena, mt, win):
         # last number has left
         if val != val:
             return INF_MS
-        total = 0.0
-        nnum = 0
-        for k in range(cnt):
-            v = arena[mt[k] + col]
-            if v == v:
-                total += v
-                nnum += 1
         for k in range(cnt):
             v = arena[mt[k] + col]
             if v != v:
