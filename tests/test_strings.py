@@ -164,6 +164,44 @@ def test_split_strings_matches_python(values):
     _column_invariants(col)
 
 
+long_texts = st.text(alphabet=st.sampled_from("ab\u00e9\U0001f642"), max_size=40)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(long_texts, max_size=60))
+def test_split_strings_matches_python_for_longer_strings(values):
+    # a small alphabet makes strings that share words, differ in one byte of a word, or in
+    # the bytes past the first 16 (compared byte by byte)
+    col = split_strings(values)
+    assert col.values() == values
+    assert col.uniques() == list(dict.fromkeys(values))
+    _column_invariants(col)
+
+
+def test_split_strings_tells_apart_strings_at_every_length_and_byte():
+    # every length around the word edges (7/8/9, 15/16/17, 24/25), each string differing from
+    # the next in one byte at one position; and a NUL-free buffer whose end is not word-aligned
+    values = []
+    for n in (0, 1, 7, 8, 9, 15, 16, 17, 23, 24, 25, 40):
+        base = "x" * n
+        values.append(base)
+        for k in range(n):
+            values.append(base[:k] + "y" + base[k + 1:])
+    values = values + values[::-1] + ["x" * 17 + "z"] * 3
+    col = split_strings(values)
+    assert col.values() == values
+    assert col.uniques() == list(dict.fromkeys(values))
+    _column_invariants(col)
+
+
+def test_split_strings_many_uniques_grow_the_table():
+    values = [f"user-{i % 9000}" for i in range(30_000)]
+    col = split_strings(values)
+    assert col.n_unique == 9000
+    assert col.values() == values
+    _column_invariants(col)
+
+
 # ------------------------------------------------------------------------------ StringTable
 
 

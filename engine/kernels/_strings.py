@@ -17,6 +17,7 @@ Hashes are FNV-1a 64 of the UTF-8 bytes. A user's shard slot is that hash mod ``
 from __future__ import annotations
 
 import codecs
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,44 +115,92 @@ def _probe(slots, mask, h, offsets, arena, key, start, length):
         j = (j + 1) & mask
 
 
-@njit(cache=True)
-def _split_dedupe(buf, n):
-    """Split ``buf`` (n strings joined by single 0 bytes) into uniques, hashes and codes.
+# Splitting a batch's strings compares and hashes them by 8-byte words: a string of up to 16
+# bytes (ids, event type names) is two masked words, read without a per-byte loop, so its
+# hash, probe and comparison take no branch that depends on its length (the per-byte loop
+# and its mispredicted exits were most of a split: 0.58 -> 0.26 ms for 20,000 type names).
+# That hash only finds duplicates within one batch; the FNV-1a of each unique is computed
+# once, afterwards. Its seed is drawn per process, so that no fixed set of strings collides.
+_TAIL = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [_MASK64], dtype=np.uint64)
+_K1 = np.uint64(0x9E37_79B9_7F4A_7C15)
+_K2 = np.uint64(0xC2B2_AE3D_27D4_EB4F)
+_K3 = np.uint64(0xFF51_AFD7_ED55_8CCD)
+_SPLIT_SEED = np.uint64(np.random.SeedSequence().generate_state(1, np.uint64)[0])
+_PAD = 24   # zero bytes past a buffer's end: the word reads of its last string stay inside
 
-    Returns ``(ok, blob, offsets, hashes, codes)``; ``ok`` is False when ``buf`` holds more
-    than ``n - 1`` separators (a string contained NUL), and the rest is then meaningless.
+
+@njit(cache=True, inline="always")
+def _word_at(words, p):
+    """The 8 bytes at byte offset ``p`` of ``words`` (a little-endian uint64 view of a
+    buffer), byte ``p`` lowest. ``(x << 1) << (63 - o)`` is ``x << (64 - o)``, and 0 when
+    ``o`` is 0 (a shift by 64 would be undefined)."""
+    q = p >> 3
+    o = np.uint64((p & 7) * 8)
+    return (words[q] >> o) | ((words[q + 1] << np.uint64(1)) << (np.uint64(63) - o))
+
+
+@njit(cache=True)
+def _split_dedupe(buf, words, ends, seed):
+    """Dedupe the strings of ``buf`` that end at ``ends`` (each one followed by a separator
+    byte; ``buf`` padded with ``_PAD`` zero bytes; ``words`` is ``buf`` read as words).
+
+    Returns ``(blob, offsets, hashes, codes)`` of a :class:`StringColumn`: uniques in order
+    of first appearance, their FNV-1a 64 hashes.
     """
+    n = ends.shape[0]
     # The table starts small and grows at load 0.5: batches usually hold far fewer uniques
-    # than values, and a table sized for the uniques stays in cache. Candidates are compared
-    # with the compact blob being built (not with ``buf``) for the same reason.
+    # than values, and a table sized for the uniques stays in cache.
     size = 4096
     mask = size - 1
     table = np.full(size, _EMPTY, np.uint64)
     codes = np.empty(n, np.int32)
-    blob = np.empty(buf.size, np.uint8)
-    offsets = np.empty(n + 1, np.int64)
+    ustart = np.empty(n, np.int64)
+    ulen = np.empty(n, np.int64)
+    uw0 = np.empty(n, np.uint64)           # a unique's first two words (masked to its length)
+    uw1 = np.empty(n, np.uint64)
     uhash = np.empty(n, np.uint64)
-    offsets[0] = 0
     nu = 0
-    pos = 0
-    total = buf.size
+    s = 0
     for i in range(n):
-        start = pos
-        h = _FNV_OFFSET
-        while pos < total and buf[pos] != 0:
-            h = (h ^ np.uint64(buf[pos])) * _FNV_PRIME
-            pos += 1
-        length = pos - start
-        pos += 1
-        j, u = _probe(table, mask, h, offsets, blob, buf, start, length)
+        e = ends[i]
+        length = e - s
+        k0 = length if length < 8 else 8
+        k1 = length - k0 if length < 16 else 8
+        w0 = _word_at(words, s) & _TAIL[k0]
+        w1 = _word_at(words, s + 8) & _TAIL[k1]
+        h = (seed ^ np.uint64(length)) + w0 * _K1
+        h = (h ^ (h >> np.uint64(29))) + w1 * _K2
+        p = s + 16
+        while p < e:                        # strings over 16 bytes: the rest, word by word
+            k = e - p if e - p < 8 else 8
+            h = (h ^ (h >> np.uint64(29))) * _K1 + (_word_at(words, p) & _TAIL[k])
+            p += 8
+        h ^= h >> np.uint64(33)
+        h *= _K3
+        h ^= h >> np.uint64(33)
+        hi = h & _HI_MASK
+        j = np.int64(h & np.uint64(mask))
+        u = np.int64(-1)
+        while True:
+            x = table[j]
+            if x == _EMPTY:
+                break
+            if (x & _HI_MASK) == hi:
+                c = np.int64(x & _LO_MASK)
+                if ulen[c] == length and uw0[c] == w0 and uw1[c] == w1 and (
+                        length <= 16 or _bytes_equal(buf, ustart[c] + 16, buf, s + 16, length - 16)):
+                    u = c
+                    break
+            j = (j + 1) & mask
+        s = e + 1
         if u >= 0:
             codes[i] = u
             continue
-        table[j] = (h & _HI_MASK) | np.uint64(nu)
-        p = offsets[nu]
-        for t in range(length):
-            blob[p + t] = buf[start + t]
-        offsets[nu + 1] = p + length
+        table[j] = hi | np.uint64(nu)
+        ustart[nu] = e - length
+        ulen[nu] = length
+        uw0[nu] = w0
+        uw1[nu] = w1
         uhash[nu] = h
         codes[i] = nu
         nu += 1
@@ -164,8 +213,25 @@ def _split_dedupe(buf, n):
             mask = size - 1
             table = np.full(size, _EMPTY, np.uint64)
             _rebuild_slots(uhash, nu, table)
-    ok = pos == total + 1
-    return ok, blob[: offsets[nu]].copy(), offsets[: nu + 1].copy(), uhash[:nu].copy(), codes
+    total = 0
+    for c in range(nu):
+        total += ulen[c]
+    blob = np.empty(total, np.uint8)
+    offsets = np.empty(nu + 1, np.int64)
+    hashes = np.empty(nu, np.uint64)
+    offsets[0] = 0
+    p = 0
+    for c in range(nu):
+        a = ustart[c]
+        h = _FNV_OFFSET
+        for t in range(ulen[c]):
+            v = buf[a + t]
+            blob[p + t] = v
+            h = (h ^ np.uint64(v)) * _FNV_PRIME
+        p += ulen[c]
+        offsets[c + 1] = p
+        hashes[c] = h
+    return blob, offsets, hashes, codes
 
 
 @njit(cache=True)
@@ -354,8 +420,22 @@ def _as_sequence(values) -> list | tuple:
 
 
 def _split_buffer(data: bytes, n: int):
-    ok, blob, offsets, hashes, codes = _split_dedupe(np.frombuffer(data, dtype=np.uint8), n)
-    return ok, StringColumn(blob, offsets, hashes, codes)
+    """``(ok, column)`` of the ``n`` strings joined by NUL in ``data``; ``ok`` is False when
+    ``data`` holds more than ``n - 1`` NULs (a string contained one)."""
+    m = len(data)
+    src = np.frombuffer(data, dtype=np.uint8)
+    seps = np.flatnonzero(src == 0)
+    if seps.size != n - 1:
+        return False, None
+    buf = np.zeros(((m + _PAD) >> 3) << 3, np.uint8)    # numpy aligns it: a word view
+    buf[:m] = src
+    words = buf.view(np.uint64)
+    if sys.byteorder == "big":
+        words = words.byteswap()
+    ends = np.empty(n, np.int64)
+    ends[: n - 1] = seps
+    ends[n - 1] = m
+    return True, StringColumn(*_split_dedupe(buf, words, ends, _SPLIT_SEED))
 
 
 def string_problem(v) -> str | None:
