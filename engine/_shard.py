@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _arena
 from . import _values as V
 from ._batch import EventColumns, TraitColumns
 from ._deltas import (CAUSE_EVENT, CAUSE_SEGMENT_CREATED, CAUSE_SEGMENT_DELETED, CAUSE_TIME,
@@ -395,20 +396,13 @@ class ShardCore(ShardModels, ShardRfm):
         return self._evaluate(_EMPTY_I64, _EMPTY_I64, _EMPTY_I64, _EMPTY_U64, now_ms, CAUSE_TIME)
 
     def _grow_arena(self, need: int) -> None:
-        """Room for ``need`` more words past the bump pointer (1.5x at least). In place when
-        nothing else refers to the arena: a ``realloc``, which moves a large block by
-        remapping its pages instead of copying them (a copy and the faults on its fresh pages
-        were 14 % of a 2M-event replay into an empty shard); else a copy."""
+        """Room for ``need`` more words past the bump pointer (1.5x at least): a large arena
+        is remapped in place with its new pages untouched (engine/_arena.py)."""
         bump = int(self.astate[0])
         size = max(self.arena.shape[0] * 3 // 2, bump + need)
-        arena, self.arena = self.arena, None
-        try:
-            arena.resize(size, refcheck=True)      # refuses if a view or another name holds it
-        except ValueError:
-            grown = np.empty(size, np.float64)
-            grown[:bump] = arena[:bump]
-            arena = grown
-        self.arena = arena
+        held = [self.arena]
+        self.arena = None
+        self.arena = _arena.grown(held, bump, size)
 
     def _compact(self, new_width=None, fill=None, cutoff: float = -np.inf) -> None:
         """Rewrite the arena without holes and expired events (and with wider rows for the
@@ -418,7 +412,7 @@ class ShardCore(ShardModels, ShardRfm):
             fill = np.zeros(self._tcap, np.float64)
         nt = len(self.type_names)
         size = KS._compact_size(self.arena, self.nrows, nt, self.width, new_width, self.h, KS.CAPS, cutoff)
-        new = np.empty(max(size + size // 4, 1 << 16), np.float64)
+        new = _arena.allocate(max(size + size // 4, 1 << 16))
         used = KS._compact(self.arena, new, self.nrows, nt, self.width, new_width, fill, self.h, KS.CAPS, cutoff)
         self.arena = new
         self.astate[0] = used
@@ -903,8 +897,9 @@ class ShardCore(ShardModels, ShardRfm):
         rows = self._rcap
         per_user_arrays = (self.known.nbytes + self.h.nbytes + self.traits.nbytes + self.member.nbytes + self.timer.nbytes
                            + self.tnext.nbytes + self.tmask.nbytes + self.tblock.nbytes + self._pos.nbytes)
-        # The arena is reserved ahead of need with np.empty: its tail beyond the last block
-        # handed out has never been written, so the OS has not backed it with memory.
+        # The arena is reserved ahead of need (engine/_arena.py: a map grown by mremap, or
+        # np.empty): its tail beyond the last block handed out has never been written, so
+        # the OS has not backed it with memory.
         events = int(self.astate[0]) * 8
         return {
             "row_capacity": rows,

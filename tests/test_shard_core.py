@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine import Engine
+from engine import Engine, _arena
 from engine._shard import ShardCore
 
 BASE = 1_700_000_000_000
@@ -121,9 +121,31 @@ def test_a_new_column_after_a_user_deletion_does_not_reuse_narrow_free_blocks():
 
 
 @pytest.mark.parametrize("held", [False, True])
-def test_the_arena_grows_in_place_or_by_a_copy_with_the_same_state(held):
-    """The arena grows by a realloc when nothing else refers to it, else by a copy (a view
-    held outside, as a debugger or a caller might): the same events either way."""
+def test_a_mapped_arena_grows_in_place_or_by_a_copy(held):
+    """A mapped arena is remapped in place when nothing else views it, else copied into a
+    new map (the view keeps the old words): its words are kept either way."""
+    arena = _arena.allocate(1 << 20)                     # 8 MB: a map
+    mm = _arena._map_of(arena)
+    assert mm is not None
+    arena[:1000] = np.arange(1000.0)
+    view = arena[:8] if held else None
+    held_list = [arena]
+    del arena
+    grown = _arena.grown(held_list, 1000, 3 << 19)
+    assert held_list == [None] and grown.shape == (3 << 19,)
+    assert (grown[:1000] == np.arange(1000.0)).all()
+    grown[-1] = 1.0                                      # the new tail is writable
+    assert (_arena._map_of(grown) is mm) is not held
+    if held:
+        assert (view == np.arange(8.0)).all()
+    assert _arena.allocate(100).base is None             # small arenas: ordinary numpy memory
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_the_arena_grows_in_place_or_by_a_copy_with_the_same_state(held, monkeypatch):
+    """The engine's arena grows in place when nothing else refers to it, else by a copy (a
+    view held outside, as a debugger or a caller might): the same events either way."""
+    monkeypatch.setattr(_arena, "MAP_MIN_BYTES", 0)     # map even this small arena
     rng = np.random.default_rng(11)
     eng = Engine(clock="event", retention="30d")     # no retention sweep (a new arena) meanwhile
     for k, v in SEGMENTS.items():
@@ -132,14 +154,16 @@ def test_the_arena_grows_in_place_or_by_a_copy_with_the_same_state(held):
     first = _stream(np.random.default_rng(3), n=500)
     eng.ingest_columns(user_id=first[0], type=first[1], timestamp_ms=first[2], value=first[3],
                        properties={"sku": first[4]})
+    core._grow_arena(1)                                 # now a map
     size = core.arena.shape[0]
+    mm = _arena._map_of(core.arena)
+    assert mm is not None
     view = core.arena[:8] if held else None
-    before = id(core.arena)       # not a reference (a weak one also makes numpy refuse to resize)
     users, types, ts, vals, skus = _stream(rng, n=40_000)
     eng.ingest_columns(user_id=users, type=types, timestamp_ms=ts + 20 * H, value=vals, properties={"sku": skus})
     assert core.arena.shape[0] > size                  # it grew
-    assert (id(core.arena) == before) is not held      # the same array, or a copy beside the view
-    assert view is None or view.base is not core.arena
+    assert (_arena._map_of(core.arena) is mm) is not held   # remapped, or copied beside the view
+    assert view is None or view.base is not core.arena.base
     ref = Engine(clock="event", retention="30d")
     for k, v in SEGMENTS.items():
         ref.create_segment(k, v)
