@@ -1153,7 +1153,7 @@ def _program(r, now, poff, plen, prog, consts, lv, ls, lnx, traits, member, vst,
     return vst[0], nst[0]
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@njit(cache=True, _nrt=False)
 def _level_of(bit, masks):
     """The timer level of a segment with this bit: the first mask holding it, else the last."""
     for k in range(masks.shape[0]):
@@ -1162,7 +1162,7 @@ def _level_of(bit, masks):
     return masks.shape[0]
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@njit(cache=True, _nrt=False)
 def _level_due(bit, times, masks, now):
     """Is a segment with this bit due in a row whose timer fired (level 0 is, by firing)?"""
     k = _level_of(bit, masks)
@@ -1489,7 +1489,7 @@ def _collect_due(timer, tblock, tblock_shift, nrows, now):
     return out[:n]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _place(r, pos, rows, m):
     """Position of row ``r`` in the merged list (appending it if new); returns (p, m)."""
     p = pos[r]

@@ -88,7 +88,7 @@ def _upper_bound(ar, off, w, lo, hi, x):
     return lo
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _alloc(t, cl, w, caps, state, free, arena):
     """A block of class ``cl`` for type ``t``: from its free list, else from the arena's end.
     Returns its first word, or -1 when the arena must grow first."""
@@ -106,7 +106,7 @@ def _alloc(t, cl, w, caps, state, free, arena):
     return off
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _release(t, cl, off, w, caps, state, free, arena):
     arena[off] = i2f(free[t, cl])
     free[t, cl] = off
@@ -208,7 +208,7 @@ def _append(start_i, rows, tids, ts, vals, src, width, arena, state, free, h, ca
     return n, 0
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _retained(arena, hd, w, cutoff):
     """(offset, start, length) of the events of list header ``hd`` still retained
     (timestamp > cutoff); expired events are at the front of a list."""
@@ -224,7 +224,7 @@ def _retained(arena, hd, w, cutoff):
 AHEAD = 4   # rows whose lists ``_compact`` / ``_compact_size`` prefetch ahead of the one they copy
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _prefetch_row(arena, h, width, r, nrows, ntypes):
     """Start loading the oldest live event of each of row ``r``'s lists (if ``r < nrows``):
     the lists lie anywhere in the arena, so without it each one waits for memory."""

@@ -129,7 +129,7 @@ _SPLIT_SEED = np.uint64(np.random.SeedSequence().generate_state(1, np.uint64)[0]
 _PAD = 24   # zero bytes past a buffer's end: the word reads of its last string stay inside
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _word_at(words, p):
     """The 8 bytes at byte offset ``p`` of ``words`` (a little-endian uint64 view of a
     buffer), byte ``p`` lowest. ``(x << 1) << (63 - o)`` is ``x << (64 - o)``, and 0 when
