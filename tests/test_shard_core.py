@@ -173,3 +173,21 @@ def test_the_arena_grows_in_place_or_by_a_copy_with_the_same_state(held, monkeyp
     for name in SEGMENTS:
         assert eng.members(name) == ref.members(name)
     assert eng.deltas() == ref.deltas()
+
+
+def test_a_step_with_more_flips_than_the_evaluation_first_makes_room_for():
+    """An evaluation starts with room for 1,024 flips and grows it between rows: 5,000 users
+    entering at once, then leaving at once by time, then a segment created over them all."""
+    n = 5_000
+    eng = Engine(clock="event", retention="30d")
+    eng.create_segment("v", "count(view, 1h) >= 1")
+    users = [f"u{i}" for i in range(n)]
+    eng.ingest_columns(user_id=users, type=["view"] * n, timestamp_ms=[BASE + i for i in range(n)])
+    assert eng.members("v") == set(users)
+    eng.advance_clock(BASE + 2 * H)
+    assert eng.members("v") == set()
+    eng.create_segment("w", "count(view, 30d) >= 1")
+    assert eng.members("w") == set(users)
+    kinds = [(d.segment, d.kind) for d in eng.deltas()]
+    assert kinds.count(("v", "ENTER")) == n and kinds.count(("v", "EXIT")) == n
+    assert kinds.count(("w", "ENTER")) == n

@@ -1228,7 +1228,7 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
     m = rows.shape[0]
     nseg = seg_tab.shape[0]
     flipped = np.zeros(nseg, dtype=np.bool_)
-    cap = 1024
+    cap = max(1024, 2 * nseg)             # room for a row's flips at the least
     out_i = np.empty(cap, dtype=np.int64)
     out_s = np.empty(cap, dtype=np.int64)
     out_k = np.empty(cap, dtype=np.int8)
@@ -1257,10 +1257,48 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
     nlev = tnext.shape[1] + 1
     t_old = np.empty(nlev, dtype=np.int64)
     m_old = np.empty(nlev - 1, dtype=np.uint64)
+    i = 0
+    while True:
+        i, n_out = _run_rows(i, n_out, rows, evmask, trmask, is_new, is_due, order, force, dry,
+                             seg_tab, dep_list, prog, consts, leaves, steps, fprog,
+                             arena, width, h, traits, member, timer, tnext, tmask, tblock, tblock_shift,
+                             now, retention_ms, max_per,
+                             flipped, lv, ls, lnx, vst, sst, nst, fst, keys, idx, mt, td, tdi, sbit, seg_nxt,
+                             lbs, placed, ran, t_old, m_old, out_i, out_s, out_k)
+        if i >= m:
+            break
+        cap *= 2
+        n_i = np.empty(cap, dtype=np.int64)
+        n_s = np.empty(cap, dtype=np.int64)
+        n_k = np.empty(cap, dtype=np.int8)
+        n_i[:n_out] = out_i[:n_out]
+        n_s[:n_out] = out_s[:n_out]
+        n_k[:n_out] = out_k[:n_out]
+        out_i, out_s, out_k = n_i, n_s, n_k
+    return out_i[:n_out], out_s[:n_out], out_k[:n_out]
+
+
+@njit(cache=True, _nrt=False)
+def _run_rows(i0, n_out, rows, evmask, trmask, is_new, is_due, order, force, dry,
+              seg_tab, dep_list, prog, consts, leaves, steps, fprog,
+              arena, width, h, traits, member, timer, tnext, tmask, tblock, tblock_shift,
+              now, retention_ms, max_per,
+              flipped, lv, ls, lnx, vst, sst, nst, fst, keys, idx, mt, td, tdi, sbit, seg_nxt, lbs, placed, ran,
+              t_old, m_old, out_i, out_s, out_k):
+    """``_run``'s rows from ``i0``, flips appended to ``out_*`` from ``n_out``: returns
+    ``(i, n_out)``, ``i < len(rows)`` when the output has no room for row ``i``'s flips.
+    Nothing here allocates or reference-counts (``_nrt=False``): the arrays live in ``_run``."""
+    m = rows.shape[0]
+    nseg = seg_tab.shape[0]
+    ntd = td.shape[0]
+    cap = out_i.shape[0]
+    nlev = tnext.shape[1] + 1
     ntypes = h.shape[1]
     ntraits = traits.shape[1]
     nwords = member.shape[1]
-    for i in range(m):
+    for i in range(i0, m):
+        if n_out + nseg > cap:
+            return i, n_out                   # the caller grows the output first
         # prefetch: user rows 8 ahead (headers, traits, bits, timer), event blocks 4 ahead
         if i + 8 < m:
             r8 = rows[i + 8]
@@ -1327,15 +1365,6 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
                     flipped[:] = False
                     any_flip = True
                 flipped[s] = True
-            if n_out == cap:
-                cap *= 2
-                n_i = np.empty(cap, dtype=np.int64)
-                n_s = np.empty(cap, dtype=np.int64)
-                n_k = np.empty(cap, dtype=np.int8)
-                n_i[:n_out] = out_i[:n_out]
-                n_s[:n_out] = out_s[:n_out]
-                n_k[:n_out] = out_k[:n_out]
-                out_i, out_s, out_k = n_i, n_s, n_k
             out_i[n_out] = i
             out_s[n_out] = s
             out_k[n_out] = kind
@@ -1384,7 +1413,7 @@ def _run(rows, evmask, trmask, is_new, is_due, order, force, dry,
         b = r >> tblock_shift
         if t1 < tblock[b]:
             tblock[b] = t1
-    return out_i[:n_out], out_s[:n_out], out_k[:n_out]
+    return m, n_out
 
 
 VALUE_CHUNK = 2048
@@ -1460,9 +1489,23 @@ def _seen_by(nrows, ntypes, arena, width, h, known, after_ms, t_ms, out):
 @njit(cache=True)
 def _collect_due(timer, tblock, tblock_shift, nrows, now):
     """Rows whose timer is due (<= now); their timers are reset to 'never' (the caller
-    re-evaluates them, which sets them anew). Block minima are recomputed as it goes."""
-    cap = 256
-    out = np.empty(cap, dtype=np.int64)
+    re-evaluates them, which sets them anew). Block minima are recomputed as it goes.
+
+    The output is sized for every row of the due blocks (untouched memory past what is
+    used): an array that grows inside the loop would be reference-counted at every write."""
+    bsize = np.int64(1) << tblock_shift
+    nblocks = (nrows + bsize - 1) >> tblock_shift
+    ndue = 0
+    for b in range(nblocks):
+        if tblock[b] <= now:
+            ndue += 1
+    out = np.empty(ndue * bsize, dtype=np.int64)
+    n = _collect_due_into(timer, tblock, tblock_shift, nrows, now, out)
+    return out[:n]
+
+
+@njit(cache=True, _nrt=False)
+def _collect_due_into(timer, tblock, tblock_shift, nrows, now, out):
     n = 0
     bsize = np.int64(1) << tblock_shift
     nblocks = (nrows + bsize - 1) >> tblock_shift
@@ -1475,18 +1518,13 @@ def _collect_due(timer, tblock, tblock_shift, nrows, now):
         for r in range(lo, hi):
             t = timer[r]
             if t <= now:
-                if n == cap:
-                    cap *= 2
-                    o2 = np.empty(cap, dtype=np.int64)
-                    o2[:n] = out[:n]
-                    out = o2
                 out[n] = r
                 n += 1
                 timer[r] = INF_MS
             elif t < bmin:
                 bmin = t
         tblock[b] = bmin
-    return out[:n]
+    return n
 
 
 @njit(cache=True, _nrt=False)
