@@ -409,3 +409,22 @@ def test_sum_threshold_timer_is_never_late_with_inexact_decimals(func, nums, op,
     held = N.compare(op, val, c)
     for t in N.change_times(events, now, window, nxt):
         assert N.compare(op, N.leaf_value(func, events, t, window), c) == held, (t, nxt)
+
+
+@SETTINGS
+@given(st.lists(st.integers(0, 12), max_size=40), st.integers(-1, 14), st.integers(1, 3), st.data())
+def test_list_searches_match_searchsorted(times, x, w, data):
+    """The three searches of a list's timestamps (``_upper_bound``, and ``_upper_bound_last`` /
+    ``_upper_bound_back`` that start from its newest end) all give ``searchsorted(right)``
+    over any sub-range, duplicates included."""
+    from engine.kernels._store import _upper_bound, _upper_bound_back, _upper_bound_last
+
+    ts = np.sort(np.array(times, dtype=np.float64))
+    lo = data.draw(st.integers(0, len(ts)))
+    hi = data.draw(st.integers(lo, len(ts)))
+    ar = np.full(3 + len(ts) * w, -7.0)      # words before the list, and other columns between
+    off = 3
+    ar[off + np.arange(len(ts)) * w] = ts
+    want = lo + int(np.searchsorted(ts[lo:hi], x, side="right"))
+    for search in (_upper_bound, _upper_bound_last, _upper_bound_back):
+        assert search(ar, off, w, lo, hi, float(x)) == want, search.__name__

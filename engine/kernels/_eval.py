@@ -35,7 +35,7 @@ from ._layout import (  # also read as K.* by the compiler and the tests
     OP_RFM, OP_SEG, OP_SKIP, OP_SUB, OP_TRAIT, OP_TRAIT_TIME, PROG_A1, PROG_A2, PROG_A3, PROG_OP,
     SEG_DLEN, SEG_DOFF, SEG_EVMASK, SEG_LLEN, SEG_LOFF, SEG_PLEN, SEG_POFF, SEG_SLOT,
     SEG_TIMEDEP, SEG_TRMASK, STEP_FLEN, STEP_FOFF, STEP_TYPE)
-from ._store import NO_BLOCK, _upper_bound, h_len, h_off, h_start
+from ._store import NO_BLOCK, _upper_bound, _upper_bound_back, _upper_bound_last, h_len, h_off, h_start
 
 INF_MS = np.iinfo(np.int64).max
 TIMER_LEVELS = 3      # timer levels per row (``_run``): 16 bytes a row for each beyond the first
@@ -217,13 +217,13 @@ def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arena, width, h
     w = width[t]
     base = h_start(hd)
     end = base + h_len(hd)
-    hi = _upper_bound(arena, off, w, base, end, float(now))
+    hi = _upper_bound_last(arena, off, w, base, end, float(now))
     if hi < end:
         nxt = np.int64(arena[off + hi * w])
     if kind == L_SINCE or kind == L_SINCE_FIRST:
         lo = _upper_bound(arena, off, w, base, hi, float(now - retention_ms))
         return _leaf_since(j, now, retention_ms, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst)
-    lo = _upper_bound(arena, off, w, base, hi, float(now - leaves[j, LEAF_WINDOW]))
+    lo = _upper_bound_back(arena, off, w, base, hi, float(now - leaves[j, LEAF_WINDOW]))
     if kind == L_COUNT:
         return _leaf_count(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, mt)
     if kind == L_DAYS:
@@ -1314,7 +1314,12 @@ def _run_rows(i0, n_out, rows, evmask, trmask, is_new, is_due, order, force, dry
             for t in range(ntypes):
                 hd = h[r4, t]
                 if hd != NO_BLOCK:
-                    prefetch(arena, h_off(hd) + h_start(hd) * width[t])
+                    # the newest events (where windows end and searches start) and the oldest
+                    w4 = width[t]
+                    last = h_off(hd) + (h_start(hd) + h_len(hd) - 1) * w4
+                    prefetch(arena, last)
+                    prefetch(arena, max(last - 4 * w4, h_off(hd)))
+                    prefetch(arena, h_off(hd) + h_start(hd) * w4)
         r = rows[i]
         any_flip = False
         nran = 0

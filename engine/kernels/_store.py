@@ -89,6 +89,32 @@ def _upper_bound(ar, off, w, lo, hi, x):
 
 
 @njit(cache=True, _nrt=False)
+def _upper_bound_last(ar, off, w, lo, hi, x):
+    """``_upper_bound`` for an ``x`` usually at or past the newest event (``now``: events
+    mostly arrive in time order): one comparison when no event is newer than ``x``."""
+    if hi == lo or ar[off + (hi - 1) * w] <= x:
+        return hi
+    return _upper_bound(ar, off, w, lo, hi - 1, x)
+
+
+@njit(cache=True, _nrt=False)
+def _upper_bound_back(ar, off, w, lo, hi, x):
+    """``_upper_bound`` for an ``x`` usually among the newest events (a window's start, the
+    window short next to the list): gallops back from ``hi`` by 1, 2, 4, ... events, then
+    searches the last step, so that it reads the list's newest cache lines first."""
+    b = hi
+    step = 1
+    while True:
+        a = b - step
+        if a <= lo:
+            return _upper_bound(ar, off, w, lo, b, x)
+        if ar[off + a * w] <= x:
+            return _upper_bound(ar, off, w, a + 1, b, x)
+        b = a
+        step *= 2
+
+
+@njit(cache=True, _nrt=False)
 def _alloc(t, cl, w, caps, state, free, arena):
     """A block of class ``cl`` for type ``t``: from its free list, else from the arena's end.
     Returns its first word, or -1 when the arena must grow first."""
