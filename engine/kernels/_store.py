@@ -158,10 +158,12 @@ def _append(start_i, rows, tids, ts, vals, src, width, arena, state, free, h, ca
     for i in range(start_i, n):
         if i + 8 < n:  # users come in random order: start loading the next ones' lists early
             prefetch(h, rows[i + 8] * ntypes + tids[i + 8])
-        if i + 4 < n:
+        if i + 4 < n:   # its oldest event (the expiry check reads it) and where it goes
             h4 = h[rows[i + 4], tids[i + 4]]
             if h4 != NO_BLOCK:
-                prefetch(arena, min(h_off(h4) + (h_start(h4) + h_len(h4)) * width[tids[i + 4]], size - 1))
+                w4 = width[tids[i + 4]]
+                prefetch(arena, h_off(h4) + h_start(h4) * w4)
+                prefetch(arena, min(h_off(h4) + (h_start(h4) + h_len(h4)) * w4, size - 1))
         r = rows[i]
         t = tids[i]
         w = width[t]
