@@ -78,13 +78,16 @@ def _class_for(caps, n):
 
 @njit(cache=True, _nrt=False)
 def _upper_bound(ar, off, w, lo, hi, x):
-    """First event index in [lo, hi) of the block at ``off`` whose timestamp is > x."""
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if ar[off + mid * w] <= x:
-            lo = mid + 1
-        else:
-            hi = mid
+    """First event index in [lo, hi) of the block at ``off`` whose timestamp is > x.
+
+    Branch-free halving (the comparison picks the next range by a conditional move): the
+    branches of a plain binary search over event lists go either way at random."""
+    n = hi - lo
+    while n > 0:
+        half = n >> 1
+        le = ar[off + (lo + half) * w] <= x
+        lo = lo + half + 1 if le else lo
+        n = n - half - 1 if le else half
     return lo
 
 
