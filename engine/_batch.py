@@ -522,10 +522,14 @@ class _StringSlots:
 
     def __init__(self):
         self.parts: list[tuple[object, str, np.ndarray, list, np.ndarray | None]] = []
+        self.texts: dict[int, str] = {}     # part -> its values already joined by NUL
 
-    def add(self, key, label: str, positions: np.ndarray, values: list) -> None:
-        """Values for column ``boxed[key]`` at ``positions``; ``label`` names it in reasons."""
+    def add(self, key, label: str, positions: np.ndarray, values: list, text: str | None = None) -> None:
+        """Values for column ``boxed[key]`` at ``positions``; ``label`` names it in reasons.
+        ``text``, when given, is ``"\0".join(values)`` (not joined again)."""
         if len(values):
+            if text is not None:
+                self.texts[len(self.parts)] = text
             self.parts.append((key, label, positions, values, None))
 
     def add_coded(self, key, label: str, positions: np.ndarray, values: CodedStrings) -> None:
@@ -546,7 +550,14 @@ class _StringSlots:
         values = []
         for _, _, _, vals, _ in self.parts:
             values.extend(vals)
-        col, problems = split_strings_report(values)
+        joined = None
+        if self.texts:
+            try:
+                joined = "\0".join(self.texts[k] if k in self.texts else "\0".join(part[3])
+                                   for k, part in enumerate(self.parts))
+            except TypeError:       # a value that is not a str: reported value by value
+                joined = None
+        col, problems = split_strings_report(values, joined)
         if reasons is not None and max_bytes is not None:
             lengths = col.unique_lengths()
             long = lengths > max_bytes
@@ -588,6 +599,11 @@ def _property_column(key, name: str, col, n: int, reasons: _Reasons, strings: _S
         if kind == "U":
             strings.add(key, name, np.arange(n, dtype=np.int64), col.tolist())
             return np.full(n, NULL)
+        if kind == "O":
+            fast = _strings_and_nones(col)
+            if fast is not None:
+                strings.add(key, name, *fast)
+                return np.full(n, NULL)
         seq = col if kind == "O" else col.tolist()
     else:
         seq = _to_sequence(col)
@@ -608,6 +624,22 @@ def _property_column(key, name: str, col, n: int, reasons: _Reasons, strings: _S
     elif kinds == {"bool"}:
         return box_bools(np.asarray(seq, dtype=bool))
     return _mixed_property_column(key, name, seq, n, reasons, strings)
+
+
+def _strings_and_nones(objs: np.ndarray):
+    """``(positions, values, joined)`` of an object array of strings and Nones (the usual
+    optional string property), else None. One comparison with None and one join, which
+    fails at the first value that is not a str, instead of a pass over every value's type
+    first (0.34 ms of 20,000 values)."""
+    head = next((x for x in objs[:8].tolist() if x is not None), "")
+    if not isinstance(head, str):
+        return None                    # numbers or bools: the general path
+    try:
+        pos = np.flatnonzero(np.not_equal(objs, None))
+        values = objs[pos].tolist()
+        return pos, values, "\0".join(values)
+    except (TypeError, ValueError):    # a value that is not a str, or cannot be compared
+        return None
 
 
 def _coded_property_column(key, name: str, col: CodedValues, n: int, strings: _StringSlots):

@@ -379,10 +379,30 @@ def test_bad_property_names(name, expected):
     assert len(cols) == 1 and cols.props == {}
 
 
-def test_property_string_with_nul_is_rejected():
-    _, rej = prepare_events(["u", "u"], ["t", "t"], [T, T], None, {"p": ["ok", "a\0b"]}, **EV)
+@pytest.mark.parametrize("make", [list, _object_array], ids=["list", "object-array"])
+def test_property_string_with_nul_is_rejected(make):
+    _, rej = prepare_events(["u", "u"], ["t", "t"], [T, T], None, {"p": make(["ok", "a\0b"])}, **EV)
     assert [r.index for r in rej] == [1]
     assert rej[0].reason == 'property "p" must not contain a NUL character (\\0)'
+
+
+def test_object_columns_of_strings_and_nones_beside_others():
+    """Optional string properties (object arrays of str and None, joined once), one with a NUL
+    and a lone surrogate, beside a column that starts with strings and holds a number."""
+    n = 12
+    p = np.full(n, None, dtype=object)
+    p[[0, 3, 9]] = ["a", "b\0", "a"]
+    q = np.full(n, None, dtype=object)
+    q[[10, 11]] = ["\ud800", "z"]                 # the head (first 8) is all None
+    r = _object_array(["x"] * 8 + [2.5, None, "y", "x"])
+    cols, rej = prepare_events([f"u{i}" for i in range(n)], ["t"] * n, [T] * n, None,
+                               {"p": p, "q": q, "r": r}, **EV)
+    assert [x.index for x in rej] == [3, 10]
+    assert "NUL" in rej[0].reason and 'property "p"' in rej[0].reason
+    assert "surrogate" in rej[1].reason and 'property "q"' in rej[1].reason
+    props = [e["properties"] for e in decode_events(cols)]     # rows 3 and 10 left out
+    assert props[0] == {"p": "a", "r": "x"} and props[7] == {"r": 2.5}
+    assert props[8] == {"p": "a"} and props[9] == {"q": "z", "r": "x"}
 
 
 def test_nan_property_is_absent_and_inf_is_allowed():

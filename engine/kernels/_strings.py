@@ -453,8 +453,9 @@ def string_problem(v) -> str | None:
     return None
 
 
-def split_strings_report(values) -> tuple[StringColumn, list[tuple[int, str]]]:
-    """Like :func:`split_strings`, but bad elements are reported, not raised.
+def split_strings_report(values, joined: str | None = None) -> tuple[StringColumn, list[tuple[int, str]]]:
+    """Like :func:`split_strings`, but bad elements are reported, not raised. ``joined``, when
+    given, is ``"\0".join(values)`` already made.
 
     Returns ``(column, problems)``: ``problems`` lists ``(index, problem)`` for elements that
     are not strings, contain NUL or cannot be encoded (``problem`` reads after the column's
@@ -466,7 +467,7 @@ def split_strings_report(values) -> tuple[StringColumn, list[tuple[int, str]]]:
     if n == 0:
         return StringColumn.empty(), []
     try:
-        data = "\0".join(seq).encode("utf-8")
+        data = ("\0".join(seq) if joined is None else joined).encode("utf-8")
     except (TypeError, UnicodeEncodeError):
         data = None
     if data is not None:
