@@ -77,12 +77,22 @@ def test_compaction_keeps_every_list_and_frees_expired_events():
     before = {n: eng.members(n) for n in SEGMENTS}
     core = eng._core
     retained = core.retained_events()
-    core._compact()
+
+    def compact(cutoff):
+        # the rewrite is sized by the bump pointer: what it writes never passes it
+        from engine.kernels import _store as KS
+        nt = len(core.type_names)
+        bump = int(core.astate[0])
+        need = KS._compact_size(core.arena, core.nrows, nt, core.width, core.width, core.h, KS.CAPS, cutoff)
+        core._compact(cutoff=cutoff)
+        assert int(core.astate[0]) == need <= bump <= core.arena.shape[0]
+
+    compact(-np.inf)
     assert core.retained_events() == retained
     assert {n: eng.members(n) for n in SEGMENTS} == before
     assert core.astate[0] == core.astate[1]            # no holes left
     eng.advance_clock(eng.now_ms + 3 * 24 * H)         # everything is now past the 2d retention
-    core._compact(cutoff=float(eng.now_ms - core.retention_ms))
+    compact(float(eng.now_ms - core.retention_ms))
     assert core.retained_events() == 0
 
 
