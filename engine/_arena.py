@@ -57,7 +57,8 @@ def grown(arena: list, used: int, words: int) -> np.ndarray:
 
     ``arena`` is a one-item list that gives up the caller's reference (its item is cleared),
     so that a mapped arena can be remapped in place; the map refuses (``BufferError``) while
-    another array still views it, and the words are then copied into a new arena."""
+    another array still views it, and the words are then copied into a new arena. When even
+    that fails (no memory), the item is the old arena again and the error is raised."""
     old, arena[0] = arena[0], None
     mm = _map_of(old)
     if mm is not None:
@@ -70,6 +71,10 @@ def grown(arena: list, used: int, words: int) -> np.ndarray:
             _advise(mm)
             return np.frombuffer(mm, np.float64)
         old = np.frombuffer(mm, np.float64)
-    new = allocate(words)
+    try:
+        new = allocate(words)
+    except BaseException:
+        arena[0] = old
+        raise
     new[:used] = old[:used]
     return new

@@ -402,7 +402,11 @@ class ShardCore(ShardModels, ShardRfm):
         size = max(self.arena.shape[0] * 3 // 2, bump + need)
         held = [self.arena]
         self.arena = None
-        self.arena = _arena.grown(held, bump, size)
+        try:
+            self.arena = _arena.grown(held, bump, size)
+        finally:
+            if self.arena is None:          # it failed: the old arena, as it was
+                self.arena = held[0]
 
     def _compact(self, new_width=None, fill=None, cutoff: float = -np.inf) -> None:
         """Rewrite the arena without holes and expired events (and with wider rows for the

@@ -201,3 +201,21 @@ def test_a_step_with_more_flips_than_the_evaluation_first_makes_room_for():
     kinds = [(d.segment, d.kind) for d in eng.deltas()]
     assert kinds.count(("v", "ENTER")) == n and kinds.count(("v", "EXIT")) == n
     assert kinds.count(("w", "ENTER")) == n
+
+
+def test_an_arena_that_cannot_grow_is_kept_as_it_was(monkeypatch):
+    """No memory for a larger arena: the error is raised and the arena, with its words, stays."""
+    arena = _arena.allocate(1 << 20)
+    arena[:10] = np.arange(10.0)
+    held = [arena]
+    del arena
+
+    def no_memory(words):
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(_arena, "allocate", no_memory)
+    view = held[0][:4]                                   # a view: the map cannot be remapped
+    with pytest.raises(MemoryError):
+        _arena.grown(held, 10, 1 << 22)
+    assert held[0] is not None and (held[0][:10] == np.arange(10.0)).all()
+    assert (view == np.arange(4.0)).all()
