@@ -193,6 +193,41 @@ def test_a_snapshot_copies_in_pieces_with_reads_in_between_and_no_step(tmp_path,
     assert info["meta"]["users"] == 20                 # the state before the round
 
 
+@pytest.mark.parametrize("fork", [True, False])
+def test_a_background_snapshot_holds_the_state_of_its_start_while_rounds_go_on(tmp_path, monkeypatch, fork):
+    """With ``background``, ``ShardHost.snapshot_part`` returns at once and the shard takes
+    the next round while its part is written (by a forked copy of the process, or without
+    fork by a thread on a copy): the part holds the state as it was when the call began."""
+    from engine._batch import prepare_events
+    from engine._segments import SegmentRegistry
+    from engine._steps import Step
+    from engine.durability import background as B
+    from engine.durability import snapshot as S
+    from engine.server._actor import ShardHost
+
+    if fork and not B.fork_available():
+        pytest.skip("this platform has no fork")
+    monkeypatch.setattr(B, "fork_available", lambda: fork)
+    day = 86_400_000
+    host = ShardHost(0, {"retention_ms": 30 * day})
+    host.run([(Step.CREATE_SEGMENT, SegmentRegistry(30 * day).validate("v", "count(v, 1d) >= 1", now_ms=T0), T0)])
+
+    def events(users, t):
+        return prepare_events(users, ["v"] * len(users), [t] * len(users), now_ms=t, retention_ms=30 * day,
+                              clock="event")[0]
+
+    host.run([(Step.EVENTS, events([f"u{i}" for i in range(20)], T0), T0)])
+    assert host.snapshot_part(str(tmp_path), "shard-0", background=True) == {"pending": True}
+    host.run([(Step.EVENTS, events([f"late{i}" for i in range(5)], T0 + 1), T0 + 1)])
+    assert len(host.core.users) == 25
+    end = time.monotonic() + 120
+    while (info := host.snapshot_written()) is None and time.monotonic() < end:
+        time.sleep(0.01)                               # polled, as the gateway does
+    assert info is not None and info["meta"]["users"] == 20
+    state = S.unflatten_state(S.read_part(tmp_path, "shard-0", {"parts": {"shard-0": info}}))
+    assert sorted(state["user_ids"]) == sorted(f"u{i}" for i in range(20))
+
+
 def test_subscribers_sharing_encoded_pages_each_get_their_own_segments(server):
     """Pages are encoded once for all subscribers that read the same page: subscribers of
     the same segments, of others and of every segment each get exactly their deltas."""

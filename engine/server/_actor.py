@@ -218,40 +218,39 @@ class ShardHost:
 
     def snapshot_part(self, tmp_dir: str, part: str, background: bool = False) -> dict:
         """This shard's whole state as part ``part`` of a snapshot being made in ``tmp_dir``
-        -> the part's file info (size, checksum) and meta for the manifest. The state is
-        copied out now; with ``background`` the file is written by a thread while the shard
-        goes on (``snapshot_written`` then gives the info)."""
-        import threading
-
+        -> the part's file info (size, checksum) and meta for the manifest. With
+        ``background`` it returns ``{"pending": True}`` at once and the part is written while
+        the shard goes on (``snapshot_written`` then gives the info): by a forked copy of this
+        process, which sees the state as it was at the fork (``engine.durability.background``),
+        so the shard pauses only for the fork; where there is no fork, the state is copied
+        now and written by a thread."""
+        from engine._shard import run_steps
+        from engine.durability import background as B
         from engine.durability import snapshot as S
 
+        if background and B.fork_available():
+            core = self.core
+
+            def write():
+                arrays, meta = S.core_snapshot(core)
+                return dict(S.write_part(tmp_dir, part, arrays), meta=meta)
+            with self.gate.writing():     # no step and no read runs in this process meanwhile
+                self._writing = B.start(write)
+            return {"pending": True}
         # the state copied in pieces with reads let in between (no step runs meanwhile): a
         # read waits for one piece (~2-4 ms), not for the whole copy (~40 ms per 50k users)
-        from engine._shard import run_steps
-
         with self.gate.writers_paused():
             arrays, meta = run_steps(S.core_snapshot_steps(self.core), self.gate.piece)
         if not background:
             return dict(S.write_part(tmp_dir, part, arrays), meta=meta)
-        box: dict = {}
-
-        def write():
-            try:
-                box["info"] = dict(S.write_part(tmp_dir, part, arrays), meta=meta)
-            except BaseException as exc:  # noqa: BLE001 - reported by snapshot_written
-                box["error"] = exc
-        self._writing = (threading.Thread(target=write, name="rtseg-snapshot", daemon=True), box)
-        self._writing[0].start()
-        return {"meta": meta, "pending": True}
+        self._writing = B.start(lambda: dict(S.write_part(tmp_dir, part, arrays), meta=meta), fork=False)
+        return {"pending": True}
 
     def snapshot_written(self) -> dict | None:
         """The info of the part being written in the background, or None while it is."""
-        thread, box = self._writing
-        if thread.is_alive():
+        if not self._writing.done():
             return None
-        if "error" in box:
-            raise box["error"]
-        return box["info"]
+        return self._writing.result()
 
     def restore_part(self, core_kwargs: dict, snapshot_dir: str, part: str, meta: dict,
                      defs: list, deployments: list) -> int:

@@ -32,8 +32,9 @@ META_FORMAT = 1
 # ----------------------------------------------------------------------------- snapshots
 
 async def snapshot(gw) -> dict:
-    """Take a snapshot now -> what was written. Ingestion pauses only while the shards copy
-    their state out (a barrier); the files are written while it goes on."""
+    """Take a snapshot now -> what was written. Ingestion pauses only while each shard forks
+    a copy of itself that writes its part (a barrier; ``ShardHost.snapshot_part``); the files
+    are written while it goes on."""
     async with gw._snapshot_lock:
         started = await gw.rounds.barrier(lambda: _snapshot_start(gw, background=True))
         return await _snapshot_finish(gw, *started)
@@ -77,12 +78,11 @@ async def _snapshot_finish(gw, t0, lsn, tmp, clients, infos, gateway_state, meta
         arrays.update(deltas.arrays())
         for i, info in enumerate(infos):
             while info.get("pending"):
-                meta_i = info["meta"]
                 done = await clients[i].snapshot_written()
                 if done is None:
                     await asyncio.sleep(0.05)    # the shard goes on serving meanwhile
                 else:
-                    info = dict(done, meta=meta_i)
+                    info = done
             infos[i] = info
         parts = {f"shard-{i}": dict(info) for i, info in enumerate(infos)}
         part_meta = {name: info.pop("meta", {}) for name, info in parts.items()}
