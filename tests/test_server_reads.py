@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from engine._steps import Step
 from engine.client import Client
 from engine.server._gate import ReadGate
 from tests.test_server_units import LocalServer
@@ -123,18 +124,14 @@ def test_a_reader_goes_in_between_two_steps_never_during_one():
     assert seen[-1] < 200, "the reader waited for every step: no handover"
 
 
-def test_a_snapshot_copies_in_pieces_with_reads_in_between_and_no_step(tmp_path, monkeypatch):
-    """``ShardHost.snapshot_part`` lets a read in between two pieces of its copy, while a
-    round that arrives meanwhile waits until the copy is done (the snapshot holds the state
-    as it was before that round; the file is written after, the round may run meanwhile)."""
-    import engine._shard as shard_mod
+def _host_of_twenty_users():
+    """A ShardHost with segment ``v`` (``count(v, 1d) >= 1``) and users u0..u19 in it, and a
+    function that makes an events step of one ``v`` per user at a time."""
     from engine._batch import prepare_events
     from engine._segments import SegmentRegistry
-    from engine._steps import Step
     from engine.server._actor import ShardHost
 
     day = 86_400_000
-    monkeypatch.setattr(shard_mod, "EXPORT_PIECE_ROWS", 1)     # a piece per user and type
     host = ShardHost(0, {"retention_ms": 30 * day})
     host.run([(Step.CREATE_SEGMENT, SegmentRegistry(30 * day).validate("v", "count(v, 1d) >= 1", now_ms=T0), T0)])
 
@@ -143,6 +140,17 @@ def test_a_snapshot_copies_in_pieces_with_reads_in_between_and_no_step(tmp_path,
                               clock="event")[0]
 
     host.run([(Step.EVENTS, events([f"u{i}" for i in range(20)], T0), T0)])
+    return host, events
+
+
+def test_a_snapshot_copies_in_pieces_with_reads_in_between_and_no_step(tmp_path, monkeypatch):
+    """``ShardHost.snapshot_part`` lets a read in between two pieces of its copy, while a
+    round that arrives meanwhile waits until the copy is done (the snapshot holds the state
+    as it was before that round; the file is written after, the round may run meanwhile)."""
+    import engine._shard as shard_mod
+
+    monkeypatch.setattr(shard_mod, "EXPORT_PIECE_ROWS", 1)     # a piece per user and type
+    host, events = _host_of_twenty_users()
     order: list[str] = []
     copying, at_gate = threading.Event(), threading.Event()
     writing = host.gate.writing
@@ -198,25 +206,13 @@ def test_a_background_snapshot_holds_the_state_of_its_start_while_rounds_go_on(t
     """With ``background``, ``ShardHost.snapshot_part`` returns at once and the shard takes
     the next round while its part is written (by a forked copy of the process, or without
     fork by a thread on a copy): the part holds the state as it was when the call began."""
-    from engine._batch import prepare_events
-    from engine._segments import SegmentRegistry
-    from engine._steps import Step
     from engine.durability import background as B
     from engine.durability import snapshot as S
-    from engine.server._actor import ShardHost
 
     if fork and not B.fork_available():
         pytest.skip("this platform has no fork")
     monkeypatch.setattr(B, "fork_available", lambda: fork)
-    day = 86_400_000
-    host = ShardHost(0, {"retention_ms": 30 * day})
-    host.run([(Step.CREATE_SEGMENT, SegmentRegistry(30 * day).validate("v", "count(v, 1d) >= 1", now_ms=T0), T0)])
-
-    def events(users, t):
-        return prepare_events(users, ["v"] * len(users), [t] * len(users), now_ms=t, retention_ms=30 * day,
-                              clock="event")[0]
-
-    host.run([(Step.EVENTS, events([f"u{i}" for i in range(20)], T0), T0)])
+    host, events = _host_of_twenty_users()
     assert host.snapshot_part(str(tmp_path), "shard-0", background=True) == {"pending": True}
     host.run([(Step.EVENTS, events([f"late{i}" for i in range(5)], T0 + 1), T0 + 1)])
     assert len(host.core.users) == 25

@@ -296,6 +296,11 @@ def _leaf_count(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, mt):
                         nxt = _min(nxt, np.int64(arena[off + (lo + k - 1) * w]) + win)
                         break
         return float(hi - lo), 0.0, nxt
+    need = _needed(leaves[j, LEAF_CMP_OP], consts[leaves[j, LEAF_CMP_CONST]])
+    if need > 0:
+        # compared with >= / >: matches counted from the newest back, up to the need-th
+        n, e = _count_back(arena, off, w, lo, hi, foff, flen, fprog, consts, fst, need)
+        return float(n), 0.0, nxt if e < 0 else _min(nxt, np.int64(arena[e]) + win)
     cnt = 0
     for k in range(lo, hi):
         e = off + k * w
@@ -304,6 +309,69 @@ def _leaf_count(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, mt):
             cnt += 1
     val = float(cnt)
     return val, 0.0, _departure(j, leaves, consts, arena, win, 0, val, cnt, mt, nxt, True)
+
+
+@njit(cache=True, _nrt=False)
+def _needed(cop, c):
+    """For a whole-number aggregate compared ``agg >= c`` or ``agg > c`` (``cop``): the least
+    count ``n >= 1`` that makes it true, else 0 (another comparison, or one that every count
+    or no count satisfies: NaN, ``c < 0``, ``>= 0``, ``c >= 2**31``).
+
+    Such a comparison is decided by the newest ``n`` matches alone (``_count_back``,
+    ``_distinct_back``): with them in the window it is true, and it stays true until the
+    oldest of them leaves, since departures go oldest first and the older matches leave
+    before it; with fewer it is false, and departures alone cannot make it true. Its leaf
+    gives ``n`` as its value, which compares as the whole count would."""
+    if cop != OP_GE and cop != OP_GT:
+        return 0
+    if not (c >= 0.0 and c < 2147483647.0):
+        return 0
+    return np.int64(math.ceil(c)) if cop == OP_GE else np.int64(math.floor(c)) + 1
+
+
+@njit(cache=True, _nrt=False)
+def _count_back(arena, off, w, lo, hi, foff, flen, fprog, consts, fst, need):
+    """The events of ``lo:hi`` that match the filter, counted from the newest back until
+    ``need`` -> (matches counted, word position of the need-th or -1 when there are fewer)."""
+    n = 0
+    k = hi - 1
+    while k >= lo:
+        e = off + k * w
+        if _match(arena, e, foff, flen, fprog, consts, fst):
+            n += 1
+            if n == need:
+                return n, e
+        k -= 1
+    return n, np.int64(-1)
+
+
+@njit(cache=True, _nrt=False)
+def _distinct_back(arena, off, w, lo, hi, col, foff, flen, fprog, consts, fst, keys, need):
+    """The distinct non-null values of column ``col`` over the matching events of ``lo:hi``,
+    from the newest back until ``need`` (at most ``len(keys)``, which holds them) ->
+    (values found, word position of the event that brought the need-th or -1 when fewer).
+    A value's first event seen is its latest, so with ``need`` found the comparison holds
+    until that event leaves (``_needed``)."""
+    nu = 0
+    k = hi - 1
+    while k >= lo:
+        e = off + k * w
+        k -= 1
+        if flen != 0 and not _match(arena, e, foff, flen, fprog, consts, fst):
+            continue
+        v = arena[e + col]
+        if kind_of(v) == K_NULL:
+            continue
+        key = f2i(v)
+        u = 0
+        while u < nu and keys[u] != key:
+            u += 1
+        if u == nu:
+            keys[nu] = key
+            nu += 1
+            if nu == need:
+                return nu, e
+    return nu, np.int64(-1)
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -418,6 +486,21 @@ def _leaf_values(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, keys
     kind = leaves[j, LEAF_KIND]
     col = leaves[j, LEAF_COL]
     win = leaves[j, LEAF_WINDOW]
+    if kind == L_DISTINCT or kind == L_TOP:
+        need = _needed(leaves[j, LEAF_CMP_OP], consts[leaves[j, LEAF_CMP_CONST]])
+        if need > 0:
+            # compared with >= / >: values counted from the newest back, up to the need-th
+            # distinct value or a value's need-th event (n < 0: too many values to count)
+            foff = leaves[j, LEAF_FOFF]
+            flen = leaves[j, LEAF_FLEN]
+            if kind == L_TOP:
+                n, e = _top_back(arena, off, w, lo, hi, col, foff, flen, fprog, consts, fst, keys, idx, mt, need)
+            elif need <= SMALL_VALUES:
+                n, e = _distinct_back(arena, off, w, lo, hi, col, foff, flen, fprog, consts, fst, keys, need)
+            else:
+                n, e = np.int64(-1), np.int64(-1)
+            if n >= 0:
+                return float(n), 0.0, nxt if e < 0 else _min(nxt, np.int64(arena[e]) + win)
     nu = -1
     if kind == L_DISTINCT or kind == L_TOP or kind == L_AFF:
         cnt, nu = _count_few(j, leaves, fprog, consts, arena, off, w, lo, hi, fst, keys, idx, mt)
@@ -493,6 +576,47 @@ def _leaf_values(j, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst, keys
 
 
 @njit(cache=True, _nrt=False)
+def _top_back(arena, off, w, lo, hi, col, foff, flen, fprog, consts, fst, keys, idx, mt, need):
+    """The count of the most frequent non-null value of column ``col`` over the matching
+    events of ``lo:hi``, counted from the newest back until a value has ``need`` events ->
+    (that count, word position of the event that brought a value to ``need`` or -1 when none
+    has that many), or (-1, -1) when more than ``SMALL_VALUES`` values have no string slot.
+    With a value at ``need``, no other has ``need`` events newer than that one (it would
+    have got there first), so the comparison holds until that event leaves (``_needed``).
+    Counts go in ``idx`` beside the values in ``keys``; strings find theirs through the
+    slots of ``_count_many`` (set back to 0 before this returns)."""
+    spos = mt[keys.shape[0]:]
+    nu = 0
+    others = 0
+    best = 0
+    found = np.int64(-1)
+    k = hi - 1
+    while k >= lo:
+        e = off + k * w
+        k -= 1
+        if flen != 0 and not _match(arena, e, foff, flen, fprog, consts, fst):
+            continue
+        v = arena[e + col]
+        kd = kind_of(v)
+        if kd == K_NULL:
+            continue
+        u, nu, others = _entry(keys, idx, spos, nu, others, f2i(v), kd == K_STRING)
+        if u < 0:
+            best = -1
+            break
+        idx[u] += 1
+        if idx[u] > best:
+            best = idx[u]
+            if best == need:
+                found = e
+                break
+    _mark_slots(keys, nu, spos, False)
+    if best < 0:
+        return np.int64(-1), np.int64(-1)
+    return np.int64(best), found
+
+
+@njit(cache=True, _nrt=False)
 def _affinity_departure(arena, mt, cnt, col, top_key, lead, win, nxt):
     """``nxt`` lowered to the first departure after which ``affinity`` may change: events
     leave oldest first, and only the departure of an event of the top value can take its
@@ -564,7 +688,6 @@ def _count_many(j, leaves, fprog, consts, arena, off, w, lo, hi, fst, keys, idx,
     foff = leaves[j, LEAF_FOFF]
     flen = leaves[j, LEAF_FLEN]
     spos = mt[keys.shape[0]:]
-    nslots = spos.shape[0]
     others = _mark_slots(keys, nu, spos, True)     # entries without a slot
     for k in range(lo, hi):
         e = off + k * w
@@ -576,33 +699,44 @@ def _count_many(j, leaves, fprog, consts, arena, off, w, lo, hi, fst, keys, idx,
         kd = kind_of(v)
         if kd == K_NULL:
             continue
-        key = f2i(v)
-        code = key & CODE_MASK
-        if kd == K_STRING and code < nslots:
-            u = spos[code] - 1
-            if u < 0:
-                u = nu
-                keys[u] = key
-                idx[u] = 0
-                spos[code] = u + 1
-                nu += 1
-        else:
-            u = 0
-            while u < nu and keys[u] != key:
-                u += 1
-            if u == nu:
-                if others == SMALL_VALUES:
-                    cnt = -1
-                    break
-                keys[u] = key
-                idx[u] = 0
-                nu += 1
-                others += 1
+        u, nu, others = _entry(keys, idx, spos, nu, others, f2i(v), kd == K_STRING)
+        if u < 0:
+            cnt = -1
+            break
         idx[u] = (((idx[u] >> 32) + 1) << 32) | k
     _mark_slots(keys, nu, spos, False)
     if cnt < 0:
         return 0, -1
     return cnt, nu
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _entry(keys, idx, spos, nu, others, key, is_string):
+    """The entry of value bits ``key`` in the table ``keys[:nu]`` (a new one with ``idx`` 0 if
+    it has none): a string whose code has a slot in ``spos`` finds it in one step (position +
+    1, 0 = none), other values are searched one by one, ``others`` of them so far ->
+    (entry, nu, others), entry -1 when ``SMALL_VALUES`` values without a slot fill the table."""
+    code = key & CODE_MASK
+    if is_string and code < spos.shape[0]:
+        u = spos[code] - 1
+        if u < 0:
+            u = nu
+            spos[code] = u + 1
+            keys[u] = key
+            idx[u] = 0
+            nu += 1
+        return u, nu, others
+    u = 0
+    while u < nu and keys[u] != key:
+        u += 1
+    if u == nu:
+        if others == SMALL_VALUES:
+            return -1, nu, others
+        keys[u] = key
+        idx[u] = 0
+        nu += 1
+        others += 1
+    return u, nu, others
 
 
 @njit(cache=True, _nrt=False, inline="always")
