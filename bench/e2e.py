@@ -192,7 +192,8 @@ class Subscriber:
             for d in self.sub:
                 self.deltas += 1
                 if d.kind == "ENTER" and d.user_id.startswith(PROBE_PREFIX):
-                    self.arrivals[d.user_id] = time.monotonic_ns()
+                    # the first ENTER is the latency (a probe may enter several segments)
+                    self.arrivals.setdefault(d.user_id, time.monotonic_ns())
         except Exception as err:  # noqa: BLE001 - reported in the JSON
             self.error = f"{type(err).__name__}: {err}"
 

@@ -221,8 +221,11 @@ def run_clock(clock: str, a, say=_log) -> dict:
         sub = Subscriber(srv.target).start(c)
         try:
             out["curve"] = []
-            for rate in a.loads:
-                m = measure(srv.target, sub, cur.spec(int(rate * a.seconds), _batch_for(rate), rate, f"{clock[0]}{rate}"))
+            for step, rate in enumerate(a.loads):
+                # the tag names the step, not only the load: probe users of a repeated load
+                # must be new users, or their ENTERs were seen in the earlier step
+                tag = f"{clock[0]}{step}.{rate}"
+                m = measure(srv.target, sub, cur.spec(int(rate * a.seconds), _batch_for(rate), rate, tag))
                 m["offered_events_per_s"] = rate
                 out["curve"].append(m)
                 lat = m["latency"]
