@@ -220,8 +220,11 @@ def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arena, width, h
     hi = _upper_bound_last(arena, off, w, base, end, float(now))
     if hi < end:
         nxt = np.int64(arena[off + hi * w])
-    if kind == L_SINCE or kind == L_SINCE_FIRST:
-        lo = _upper_bound(arena, off, w, base, hi, float(now - retention_ms))
+    if kind == L_SINCE:     # scans back from the newest: no search for the retention's start
+        return _leaf_since(j, now, retention_ms, leaves, fprog, consts, arena, off, w, base, hi, nxt, fst)
+    if kind == L_SINCE_FIRST:
+        cut = float(now - retention_ms)
+        lo = base if hi == base or arena[off + base * w] > cut else _upper_bound(arena, off, w, base, hi, cut)
         return _leaf_since(j, now, retention_ms, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst)
     lo = _upper_bound_back(arena, off, w, base, hi, float(now - leaves[j, LEAF_WINDOW]))
     if kind == L_COUNT:
@@ -243,12 +246,17 @@ def _leaf(j, r, now, retention_ms, leaves, steps, fprog, consts, arena, width, h
 @njit(cache=True, _nrt=False, inline="always")
 def _leaf_since(j, now, retention_ms, leaves, fprog, consts, arena, off, w, lo, hi, nxt, fst):
     """``since(E)`` (the latest matching event) and ``since_first(E)`` (the oldest still
-    retained): now - t, slope 1, until the event leaves the retention; +inf if none."""
+    retained): now - t, slope 1, until the event leaves the retention; +inf if none. For
+    ``since``, ``lo`` may be the list's start: the scan back stops at the first event past
+    the retention (at or before ``now - retention_ms``)."""
     foff = leaves[j, LEAF_FOFF]
     flen = leaves[j, LEAF_FLEN]
     if leaves[j, LEAF_KIND] == L_SINCE:
+        cut = float(now - retention_ms)
         k = hi - 1
         while k >= lo:
+            if arena[off + k * w] <= cut:
+                break
             if _match(arena, off + k * w, foff, flen, fprog, consts, fst):
                 tk = np.int64(arena[off + k * w])
                 return float(now - tk), 1.0, _min(nxt, tk + retention_ms)
@@ -1005,15 +1013,17 @@ def _sequence(j, r, now, leaves, steps, fprog, consts, arena, width, h, fst):
         w = width[t]
         base = h_start(hd)
         end = base + h_len(hd)
-        hi = _upper_bound(arena, off, w, base, end, float(now))
-        lo_w = _upper_bound(arena, off, w, base, hi, float(now - win))
+        # from the newest end, as ``_leaf`` searches: windows end at ``now``, near the newest
+        hi = _upper_bound_last(arena, off, w, base, end, float(now))
+        lo_w = _upper_bound_back(arena, off, w, base, hi, float(now - win))
         if hi < end:
             nxt = _min(nxt, np.int64(arena[off + hi * w]))
         if lo_w < hi:
             dep = _min(dep, np.int64(arena[off + lo_w * w]) + win)
         if not ok:
             continue
-        k = _upper_bound(arena, off, w, lo_w, hi, lower)
+        # the first step starts at the window's start, found just above
+        k = lo_w if s == soff else _upper_bound(arena, off, w, lo_w, hi, lower)
         found = False
         while k < hi:
             if _match(arena, off + k * w, steps[s, STEP_FOFF], steps[s, STEP_FLEN], fprog, consts, fst):
