@@ -36,12 +36,14 @@ from engine._values import (
 from engine.kernels._strings import (
     NUM_SLOTS,
     StringColumn,
+    joined_ranges,
+    split_ranges,
     split_strings,
     split_strings_report,
     string_problem,
 )
 from engine._packed import packable, reduce_arrays, restore_arrays
-from engine._coded import BOOL, NUMBER, STRING, CodedStrings, CodedValues, split_coded
+from engine._coded import BOOL, NUMBER, STRING, CodedStrings, CodedValues, Utf8Strings, split_coded
 from engine.limits import DEFAULT_LIMITS, LimitExceeded, Limits, NameBudget, format_bytes
 
 __all__ = [
@@ -534,10 +536,45 @@ class _StringSlots:
 
     def add_coded(self, key, label: str, positions: np.ndarray, values: CodedStrings) -> None:
         """Like ``add``, with the values as distinct strings and a code per position (all
-        codes >= 0): only the distinct strings are split."""
+        codes >= 0): only the distinct strings are split, from their UTF-8 bytes when they
+        came as bytes."""
         if len(values):
             values = values.compact()
-            self.parts.append((key, label, positions, values.uniques, values.codes))
+            self.parts.append((key, label, positions, values, values.codes))
+
+    @staticmethod
+    def _size(part) -> int:
+        vals = part[3]
+        return vals.n_unique if isinstance(vals, CodedStrings) else len(vals)
+
+    def _utf8(self):
+        """Every part's values in one UTF-8 blob -> ``(blob, starts, ends)`` (value ``j`` is
+        ``blob[starts[j]:ends[j]]``), or None when one is not a str, cannot be encoded or
+        holds a NUL. Values that came as bytes stay bytes."""
+        blobs, starts, ends = [], [], []
+        at = 0
+        for k, part in enumerate(self.parts):
+            vals = part[3]
+            raw = vals.raw if isinstance(vals, CodedStrings) else None
+            if raw is None:
+                text = self.texts.get(k)
+                try:
+                    if text is None:
+                        text = "\0".join(vals.uniques if isinstance(vals, CodedStrings) else vals)
+                    data = np.frombuffer(text.encode("utf-8"), np.uint8)
+                except (TypeError, UnicodeEncodeError):
+                    return None
+                ranges = joined_ranges(data, self._size(part))
+                if ranges is None:
+                    return None
+                raw = Utf8Strings(data, *ranges)
+            blobs.append(raw.blob)
+            starts.append(raw.starts + at if at else raw.starts)
+            ends.append(raw.ends + at if at else raw.ends)
+            at += len(raw.blob)
+        if len(blobs) == 1:
+            return blobs[0], starts[0], ends[0]
+        return np.concatenate(blobs), np.concatenate(starts), np.concatenate(ends)
 
     def resolve(self, boxed: dict[str, np.ndarray], reasons: _Reasons | None, what: str,
                 max_bytes: int | None = None):
@@ -547,17 +584,16 @@ class _StringSlots:
         reject their rows."""
         if not self.parts:
             return StringColumn.empty()
-        values = []
-        for _, _, _, vals, _ in self.parts:
-            values.extend(vals)
-        joined = None
-        if self.texts:
-            try:
-                joined = "\0".join(self.texts[k] if k in self.texts else "\0".join(part[3])
-                                   for k, part in enumerate(self.parts))
-            except TypeError:       # a value that is not a str: reported value by value
-                joined = None
-        col, problems = split_strings_report(values, joined)
+        sizes = [self._size(part) for part in self.parts]
+        utf8 = self._utf8()
+        col = split_ranges(*utf8) if utf8 is not None else None
+        problems: list = []
+        if col is None:     # a value that is not a valid string: reported value by value
+            values = []
+            for part in self.parts:
+                vals = part[3]
+                values.extend(vals.uniques if isinstance(vals, CodedStrings) else vals)
+            col, problems = split_strings_report(values)
         if reasons is not None and max_bytes is not None:
             lengths = col.unique_lengths()
             long = lengths > max_bytes
@@ -568,7 +604,7 @@ class _StringSlots:
                     for j in np.flatnonzero(long[col.codes]).tolist()
                 ]
         if problems and reasons is not None:
-            starts = np.cumsum([0] + [len(part[3]) for part in self.parts])
+            starts = np.cumsum([0] + sizes)
             for j, p in problems:
                 k = int(np.searchsorted(starts, j, side="right")) - 1
                 _, label, pos, _, rcodes = self.parts[k]
@@ -576,10 +612,10 @@ class _StringSlots:
                 for i in at:
                     reasons.add(int(i), f'{what} "{_short(label)}" {p}')
         start = 0
-        for key, _, pos, vals, rcodes in self.parts:
-            codes = col.codes[start : start + len(vals)]
+        for (key, _, pos, _, rcodes), size in zip(self.parts, sizes):
+            codes = col.codes[start : start + size]
             boxed[key][pos] = box_strings(codes if rcodes is None else codes[rcodes])
-            start += len(vals)
+            start += size
         col.codes = np.arange(col.n_unique, dtype=np.int32)
         return col
 

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from engine import Engine, SegmentExists, SequenceTooOld, UnknownSegment
 from engine import errors as E
+from engine._coded import SMALL_DECODE, CodedStrings, CodedValues
 from engine._deltas import DeltaBatch
 from engine._pb import pb
 from engine.client import Client
@@ -643,7 +644,7 @@ def _string_column(pieces: list[bytes], codes) -> "pb.StringColumn":
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.text(alphabet=st.sampled_from("ab\0\u015f\u65e5"), max_size=4), min_size=1,
-                max_size=codec.SMALL_DECODE + 40, unique=True))
+                max_size=SMALL_DECODE + 40, unique=True))
 def test_decode_strings_small_and_large_columns_agree(strings):
     """A string column decodes to its strings whether it is decoded by slices (few strings,
     ASCII) or by one split (many strings, or non-ASCII), NULs and multi-byte text included."""
@@ -659,3 +660,45 @@ def test_decode_strings_refuses_an_offset_inside_a_character():
         codec.decode_strings(col, 2, "ids")
     ok = codec.decode_strings(_string_column([b"x", "\u015f".encode()], [1, 0]), 2, "ids")
     assert list(ok.uniques) == ["x", "\u015f"]
+    for pieces in (["\ud800".encode("utf-8", "surrogatepass")], [b"a", b"\xff"]):
+        with pytest.raises(codec.ColumnsError, match="not valid UTF-8"):
+            codec.decode_strings(_string_column(pieces, [0] * len(pieces)), len(pieces), "ids")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=st.sampled_from("ab\0\u015f\u65e5"), max_size=3), min_size=1, max_size=12),
+       st.data())
+def test_strings_split_from_their_bytes_as_from_their_text(strings, data):
+    """A wire dictionary (duplicates, unused entries, empty and multi-byte strings, NULs)
+    validates to the same column and the same rejections whether its strings are split from
+    the request's bytes or from decoded text (the path of any other input)."""
+    from engine._batch import prepare_events
+
+    n = data.draw(st.integers(1, 20))
+    codes = data.draw(st.lists(st.integers(0, len(strings) - 1), min_size=n, max_size=n))
+    types = data.draw(st.lists(st.integers(0, len(strings) - 1), min_size=n, max_size=n))
+    users = codec.decode_strings(_string_column([s.encode() for s in strings], codes), n, "ids")
+    prop = pb.PropertyColumn(name="p", kinds=np.full(n, 2, np.uint8).tobytes(),
+                             strings=_string_column([s.encode() for s in strings], types))
+    coded = codec.decode_property(prop, n)
+    assert (users.raw is None) == any("\0" in s for s in strings)
+    ts = np.full(n, 5, np.int64)
+
+    def validate(u, p):
+        return prepare_events(u, ["view"] * n, ts, None, {"p": p}, now_ms=10, retention_ms=100,
+                              clock="event")
+
+    got, got_rej = validate(users, coded)
+    # the same dictionaries as decoded text: the column must be the same, byte for byte
+    as_text = CodedStrings(list(users.uniques), users.codes)
+    prop_text = CodedValues(coded.kinds, coded.numbers,
+                            CodedStrings(list(coded.strings.uniques), coded.strings.codes))
+    want, want_rej = validate(as_text, prop_text)
+    assert got_rej == want_rej
+    for a, b in ((got.user, want.user), (got.prop_strings, want.prop_strings)):
+        assert a.uniques() == b.uniques() and a.codes.tolist() == b.codes.tolist()
+        assert a.hashes.tolist() == b.hashes.tolist()
+    assert got.props["p"].view(np.int64).tolist() == want.props["p"].view(np.int64).tolist()
+    # and the values and reasons of plain lists
+    plain, plain_rej = validate([strings[c] for c in codes], [strings[c] for c in types])
+    assert got_rej == plain_rej and got.user.values() == plain.user.values()

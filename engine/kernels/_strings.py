@@ -140,9 +140,9 @@ def _word_at(words, p):
 
 
 @njit(cache=True)
-def _split_dedupe(buf, words, ends, seed):
-    """Dedupe the strings of ``buf`` that end at ``ends`` (each one followed by a separator
-    byte; ``buf`` padded with ``_PAD`` zero bytes; ``words`` is ``buf`` read as words).
+def _split_dedupe(buf, words, starts, ends, seed):
+    """Dedupe the strings ``buf[starts[i]:ends[i]]`` (``buf`` padded with ``_PAD`` zero
+    bytes; ``words`` is ``buf`` read as words).
 
     Returns ``(blob, offsets, hashes, codes)`` of a :class:`StringColumn`: uniques in order
     of first appearance, their FNV-1a 64 hashes.
@@ -160,8 +160,8 @@ def _split_dedupe(buf, words, ends, seed):
     uw1 = np.empty(n, np.uint64)
     uhash = np.empty(n, np.uint64)
     nu = 0
-    s = 0
     for i in range(n):
+        s = starts[i]
         e = ends[i]
         length = e - s
         k0 = length if length < 8 else 8
@@ -192,7 +192,6 @@ def _split_dedupe(buf, words, ends, seed):
                     u = c
                     break
             j = (j + 1) & mask
-        s = e + 1
         if u >= 0:
             codes[i] = u
             continue
@@ -419,23 +418,42 @@ def _as_sequence(values) -> list | tuple:
     return list(values)
 
 
-def _split_buffer(data: bytes, n: int):
-    """``(ok, column)`` of the ``n`` strings joined by NUL in ``data``; ``ok`` is False when
-    ``data`` holds more than ``n - 1`` NULs (a string contained one)."""
-    m = len(data)
+def _split_buffer(data, n: int):
+    """``(ok, column)`` of the ``n`` strings joined by NUL in ``data`` (bytes); ``ok`` is
+    False when ``data`` holds more than ``n - 1`` NULs (a string contained one)."""
     src = np.frombuffer(data, dtype=np.uint8)
+    ranges = joined_ranges(src, n)
+    if ranges is None:
+        return False, None
+    return True, split_ranges(src, *ranges)
+
+
+def joined_ranges(src: np.ndarray, n: int):
+    """``(starts, ends)`` of the ``n`` strings joined by NUL in ``src`` (uint8), or None when
+    it holds more than ``n - 1`` NULs (a string contained one)."""
     seps = np.flatnonzero(src == 0)
     if seps.size != n - 1:
-        return False, None
+        return None
+    starts = np.empty(n, np.int64)
+    starts[0] = 0
+    starts[1:] = seps + 1
+    ends = np.empty(n, np.int64)
+    ends[: n - 1] = seps
+    ends[n - 1] = len(src)
+    return starts, ends
+
+
+def split_ranges(blob: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> StringColumn:
+    """A :class:`StringColumn` of the strings ``blob[starts[i]:ends[i]]`` (uint8, int64,
+    int64; UTF-8 without NUL, which the caller has checked): split, hashed and deduplicated
+    in one kernel pass, no Python string made."""
+    m = len(blob)
     buf = np.zeros(((m + _PAD) >> 3) << 3, np.uint8)    # numpy aligns it: a word view
-    buf[:m] = src
+    buf[:m] = blob
     words = buf.view(np.uint64)
     if sys.byteorder == "big":
         words = words.byteswap()
-    ends = np.empty(n, np.int64)
-    ends[: n - 1] = seps
-    ends[n - 1] = m
-    return True, StringColumn(*_split_dedupe(buf, words, ends, _SPLIT_SEED))
+    return StringColumn(*_split_dedupe(buf, words, starts, ends, _SPLIT_SEED))
 
 
 def string_problem(v) -> str | None:

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from engine._coded import CodedStrings, CodedValues, plain
+from engine._coded import CodedStrings, CodedValues, Utf8Strings, plain, split_blob
 from engine._pb import pb
 from engine.limits import DEFAULT_LIMITS, LimitExceeded, Limits
 
@@ -165,27 +165,6 @@ def encode_strings(values: Sequence[Any] | np.ndarray, out: "pb.StringColumn") -
     out.codes = codes.tobytes()
 
 
-SMALL_DECODE = 128   # up to this many strings a column is decoded by slicing (measured crossover ~250)
-
-
-def _split_blob(blob: bytes, offsets: np.ndarray, k: int) -> list[str]:
-    """The ``k`` strings of ``blob`` at byte ``offsets`` (UnicodeDecodeError if one is not
-    UTF-8)."""
-    if k <= SMALL_DECODE:
-        # few strings (a small request): one decode, then slices; byte offsets are character
-        # offsets when the text is ASCII
-        text = blob.decode("utf-8")
-        if len(text) == len(blob):
-            bounds = offsets.tolist()
-            return [text[bounds[j]:bounds[j + 1]] for j in range(k)]
-    raw = np.frombuffer(blob, dtype=np.uint8)
-    if k > 1 and not np.any(raw == 0):
-        # one C-speed decode: put NUL separators at the boundaries, then split on them
-        return np.insert(raw, offsets[1:-1], 0).tobytes().decode("utf-8").split("\0")
-    bounds = offsets.tolist()
-    return [blob[bounds[j]:bounds[j + 1]].decode("utf-8") for j in range(k)]
-
-
 def decode_strings(col: "pb.StringColumn", n: int, what: str) -> CodedStrings:
     """-> n strings, dictionary-coded as they came (code -1: None). ColumnsError when the
     codes, offsets and blob do not fit together or the blob is not UTF-8."""
@@ -201,10 +180,11 @@ def decode_strings(col: "pb.StringColumn", n: int, what: str) -> CodedStrings:
     if n and (codes.min(initial=0) < -1 or codes.max(initial=-1) >= k):
         raise ColumnsError(f"columns: {what} has a code outside its {k} strings")
     try:
-        uniques = _split_blob(blob, offsets, k)
+        raw = Utf8Strings.checked(blob, offsets)
+        uniques = split_blob(blob, offsets, k) if raw is None else None
     except UnicodeDecodeError:
         raise ColumnsError(f"columns: {what} is not valid UTF-8") from None
-    return CodedStrings(uniques, codes.astype(np.int32))
+    return CodedStrings(uniques, codes.astype(np.int32), raw)
 
 
 # ----------------------------------------------------------------------------- event columns
@@ -347,7 +327,7 @@ def decode_property(pc: "pb.PropertyColumn", n: int) -> CodedValues:
         given = coded.codes[m]
         if np.any(given < 0):
             raise ColumnsError(f"columns: property {name!r} has a string row whose code is -1")
-        strings = CodedStrings(coded.uniques, given)
+        strings = coded.with_codes(given)
     return CodedValues(kinds, numbers, strings)
 
 
